@@ -1,0 +1,40 @@
+"""rnn_jax: recurrent neural networks as pure JAX functions.
+
+Notation (used in every docstring and in shape-suffixed names such as ``xs_BxTxI``):
+
+    B  batch (any number of leading batch axes is allowed: [*batch, ...])
+    T  time steps            I  input features
+    H  hidden units          O  outputs
+    G  gates (1 Elman, 4 LSTM, 3 GRU); W: [I, G*H], U: [H, G*H], b: [G*H]
+
+The vanilla (Elman) RNN the project starts from:
+
+    h_t = tanh(x_t W + h_{t-1} U + b)
+    y_t = softmax(h_t V + c)
+
+A cell step is a pure function, ``rnn`` unrolls it with ``lax.scan``, ``jax.grad`` of the
+unrolled loss is backpropagation through time, and optax applies the clipped update.
+"""
+
+from rnn_jax import initializers
+from rnn_jax.cells import GRU, LSTM, Elman, get_cell, irnn, torch_like
+from rnn_jax.model import SequenceModel
+from rnn_jax.rnn import bidirectional, merge_directions, rnn
+from rnn_jax.stack import init_stack, layer_cells, stack
+
+__all__ = [
+    "GRU",
+    "LSTM",
+    "Elman",
+    "SequenceModel",
+    "bidirectional",
+    "get_cell",
+    "init_stack",
+    "initializers",
+    "irnn",
+    "layer_cells",
+    "merge_directions",
+    "rnn",
+    "stack",
+    "torch_like",
+]
