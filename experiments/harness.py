@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import importlib
+import importlib.metadata
 import json
 import math
 import os
@@ -32,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-NOT_EXPERIMENTS = {"harness", "__main__", "demo"}
+NOT_EXPERIMENTS = {"harness", "__main__", "demo", "training"}
 
 
 def experiment_names() -> list[str]:
@@ -125,10 +126,10 @@ def environment() -> dict:
         "time_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "cpu_count": os.cpu_count(),
     }
-    for pkg in ("jaxlib", "optax", "flax", "numpy", "orbax.checkpoint", "torch"):
-        try:
-            env[pkg] = importlib.import_module(pkg).__version__
-        except (ImportError, AttributeError):
+    for pkg in ("jaxlib", "optax", "flax", "numpy", "orbax-checkpoint", "torch"):
+        try:  # the installed version, without paying for importing the package
+            env[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
             continue
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,

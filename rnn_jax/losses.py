@@ -19,6 +19,7 @@ __all__ = [
     "mse",
     "accuracy",
     "bits_per_char",
+    "classification_metrics",
 ]
 
 
@@ -111,6 +112,10 @@ def softmax_cross_entropy(logits, labels, mask=None):
     logits, labels = _check_logits_labels(logits, labels)
     logits = logits.astype(_float_dtype(logits.dtype))
     num_classes = logits.shape[-1]
+    if mask is not None:
+        # Zeroing padded logits first keeps NaN/inf padding out of the softmax's backward pass.
+        mask = _check_mask(mask, labels.shape)
+        logits = jnp.where(mask[..., None], logits, jnp.zeros((), logits.dtype))
     log_probs = jax.nn.log_softmax(logits, axis=-1)
     # Clipping keeps padding labels such as -1 inside the gather; those entries are masked anyway.
     safe = jnp.clip(labels, 0, num_classes - 1)
@@ -139,13 +144,16 @@ def mse(preds, targets, mask=None):
     targets = jnp.asarray(targets)
     if tuple(preds.shape) != tuple(targets.shape):
         raise ValueError(
-            f"targets: expected the shape of preds {tuple(preds.shape)}, "
-            f"got {tuple(targets.shape)}"
+            f"targets: expected the shape of preds {tuple(preds.shape)}, got {tuple(targets.shape)}"
         )
     if not jnp.issubdtype(preds.dtype, jnp.floating):
         raise TypeError(f"preds: expected a float array, got dtype {preds.dtype}")
     dtype = _float_dtype(jnp.result_type(preds.dtype, targets.dtype))
     diff = preds.astype(dtype) - targets.astype(dtype)
+    if mask is not None:
+        # Zero padded differences before squaring so NaN padding gets a zero (not NaN) gradient.
+        mask = _check_mask(mask, diff.shape)
+        diff = jnp.where(mask, diff, jnp.zeros((), dtype))
     return masked_mean(jnp.square(diff), mask)
 
 
@@ -187,3 +195,27 @@ def bits_per_char(ce_nats):
     ce_nats = jnp.asarray(ce_nats)
     ce_nats = ce_nats.astype(_float_dtype(ce_nats.dtype))
     return ce_nats / math.log(2.0)
+
+
+def classification_metrics(logits, labels, mask=None):
+    """Cross-entropy, accuracy and error rate of a classifier, as a dict of scalars.
+
+    Definition::
+
+        {"loss": softmax_cross_entropy(z, y, m), "accuracy": a, "error": 1 - a}
+
+    with ``a = accuracy(z, y, m)``. ``error`` is the success criterion of the temporal order
+    problem (Hochreiter & Schmidhuber 1997, "Long Short-Term Memory", Sec. 5.6).
+
+    Shapes:
+        logits: [*S, O] float
+        labels: [*S] int
+        mask: [*S] (or a leading prefix of S) bool, optional
+        returns: dict of [] floats
+    """
+    acc = accuracy(logits, labels, mask)
+    return {
+        "loss": softmax_cross_entropy(logits, labels, mask),
+        "accuracy": acc,
+        "error": 1.0 - acc,
+    }

@@ -6,6 +6,10 @@ The seed's model, end to end (Elman 1990; a readout at every step or at the last
     h_t = stacked recurrent layers over e_1..e_T   (uni- or bidirectional, see rnn_jax.stack)
     logits_t = h_t V + c                            readout="all":  [*batch, T, O]
     logits   = h_last V + c                         readout="last": [*batch, O]
+    logits   = [h_1; ...; h_T] V + c                readout="flatten": [*batch, O]
+
+``readout="flatten"`` reads all T outputs at once (V: [T*H_top, O]; needs ``seq_len``), the
+MNIST-1D authors' recurrent baselines (Greydanus 2020).
 
 For ``readout="last"`` h_last is the top layer's final hidden state, i.e. the state after each
 sequence's last real step (respecting lengths/mask); a bidirectional model concatenates the
@@ -23,9 +27,10 @@ import jax.numpy as jnp
 
 from rnn_jax import initializers as inits
 from rnn_jax.cells import lead
+from rnn_jax.rnn import MERGES, _is_concrete
 from rnn_jax.stack import _pair, init_stack, layer_cells, output_size, stack
 
-READOUTS = ("all", "last")
+READOUTS = ("all", "last", "flatten")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,9 +44,11 @@ class SequenceModel:
       bidirectional / merge: bidirectional layers and how directions merge.
       vocab_size / embed_size: token inputs through an embedding table ``E: [vocab, embed]``.
       input_projection: if set, float inputs first go through a dense layer to this width.
-      readout: ``"all"`` (logits at every step) or ``"last"`` (at the last real step).
+      readout: ``"all"`` (logits at every step), ``"last"`` (at the last real step) or
+        ``"flatten"`` (one readout of all T outputs concatenated; needs ``seq_len``).
+      seq_len: T, required by ``readout="flatten"`` only.
       dropout_rate: dropout between recurrent layers (training only).
-      unroll / remat: passed to the runner.
+      unroll / remat / method: passed to the runner (``rnn_jax.rnn.rnn``).
 
     Params: ``{"embed": {"E"}}`` or ``{"proj": {"P", "p"}}`` (if used), ``"layers"`` (list, see
     ``rnn_jax.stack``), ``"readout": {"V": [H_top, O], "c": [O]}``.
@@ -56,16 +63,24 @@ class SequenceModel:
     embed_size: int | None = None
     input_projection: int | None = None
     readout: str = "all"
+    seq_len: int | None = None
     dropout_rate: float = 0.0
     unroll: int = 1
     remat: bool = False
+    method: str = "auto"
 
     def __post_init__(self):
         if isinstance(self.cell, list):
             object.__setattr__(self, "cell", tuple(self.cell))
         layer_cells(self.cell, self.num_layers)  # validates num_layers
         if self.readout not in READOUTS:
-            raise ValueError(f"readout={self.readout!r} is not supported; expected one of {READOUTS}")
+            raise ValueError(
+                f"readout={self.readout!r} is not supported; expected one of {READOUTS}")
+        if self.readout == "flatten" and not (isinstance(self.seq_len, int) and self.seq_len > 0):
+            raise ValueError(
+                f'readout="flatten" needs seq_len (a positive int), got {self.seq_len!r}')
+        if self.merge not in MERGES:
+            raise ValueError(f"merge={self.merge!r} is not supported; expected one of {MERGES}")
         if not isinstance(self.output_size, int) or self.output_size < 1:
             raise ValueError(f"output_size must be a positive int, got {self.output_size!r}")
         if self.vocab_size is not None and self.input_projection is not None:
@@ -101,6 +116,8 @@ class SequenceModel:
         params["layers"] = init_stack(k_rnn, self.cells, size, bidirectional=self.bidirectional,
                                       merge=self.merge)
         h_top = output_size(self.cells, bidirectional=self.bidirectional, merge=self.merge)
+        if self.readout == "flatten":
+            h_top *= self.seq_len
         params["readout"] = {
             "V": inits.glorot_uniform(k_out, (h_top, self.output_size)),
             "c": jnp.zeros((self.output_size,)),
@@ -123,19 +140,28 @@ class SequenceModel:
         if self.token_inputs:
             if not jnp.issubdtype(xs.dtype, jnp.integer):
                 raise TypeError(f"xs must be integer token ids for a token model, got {xs.dtype}")
+            vocab = params["embed"]["E"].shape[0]
+            if _is_concrete(xs) and xs.size and (int(xs.min()) < 0 or int(xs.max()) >= vocab):
+                raise ValueError(f"xs holds token ids in [{int(xs.min())}, {int(xs.max())}], "
+                                 f"outside the vocabulary [0, {vocab})")
             return jnp.take(params["embed"]["E"], xs, axis=0)
         if xs.ndim < 2:
             raise ValueError(f"xs must have rank >= 2 ([*batch, T, I]), got shape {xs.shape}")
         if not jnp.issubdtype(xs.dtype, jnp.floating):
             raise TypeError(f"xs must be floating point, got dtype {xs.dtype}")
         if "proj" in params:
+            if xs.shape[-1] != params["proj"]["P"].shape[0]:
+                raise ValueError(
+                    f"xs has {xs.shape[-1]} input features (shape {xs.shape}), but the input "
+                    f"projection expects input_size={params['proj']['P'].shape[0]}"
+                )
             e = xs @ params["proj"]["P"]
             return e + lead(params["proj"]["p"], e.ndim)
         return xs
 
     def apply(self, params, xs, *, lengths=None, mask=None, key=None, deterministic=True,
               carries=None, return_carries=False):
-        """Logits ``[*batch, T, O]`` (readout "all") or ``[*batch, O]`` (readout "last").
+        """Logits ``[*batch, T, O]`` (readout "all") or ``[*batch, O]`` ("last", "flatten").
 
         Args:
           xs: ``[*batch, T, I]`` floats, or ``[*batch, T]`` token ids for a token model.
@@ -144,13 +170,19 @@ class SequenceModel:
           carries: initial carries (e.g. from the previous window in truncated BPTT).
           return_carries: also return every layer's final carry.
         """
+        steps = xs.shape[-1] if self.token_inputs else xs.shape[-2]
+        if self.readout == "flatten" and steps != self.seq_len:
+            raise ValueError(f"xs has T={steps} steps, but readout='flatten' was built for "
+                             f"seq_len={self.seq_len}")
         e = self.embed(params, xs)
         hs, finals = stack(self.cells, params["layers"], e, carries, lengths=lengths, mask=mask,
                            bidirectional=self.bidirectional, merge=self.merge,
                            dropout_rate=self.dropout_rate, key=key, deterministic=deterministic,
-                           unroll=self.unroll, remat=self.remat)
+                           unroll=self.unroll, remat=self.remat, method=self.method)
         if self.readout == "all":
             feats = hs
+        elif self.readout == "flatten":
+            feats = hs.reshape(*hs.shape[:-2], hs.shape[-2] * hs.shape[-1])
         else:
             top_cell, top = self.cells[-1], finals[-1]
             if self.bidirectional:

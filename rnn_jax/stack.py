@@ -80,7 +80,7 @@ def dropout(key, x, rate: float):
 def stack(cells, params, xs, carries=None, *, num_layers: int | None = None, lengths=None,
           mask=None, bidirectional: bool = False, merge: str = "concat", dropout_rate=0.0,
           key=None, deterministic: bool = True, time_major: bool = False, unroll=1,
-          remat: bool = False, reverse: bool = False):
+          remat: bool = False, reverse: bool = False, method: str = "auto"):
     """Runs a stack of recurrent layers; returns the top layer's outputs and every final carry.
 
     Args:
@@ -98,19 +98,23 @@ def stack(cells, params, xs, carries=None, *, num_layers: int | None = None, len
     cells = layer_cells(cells, num_layers)
     if not isinstance(params, Sequence) or len(params) != len(cells):
         got = len(params) if isinstance(params, Sequence) else type(params).__name__
-        raise ValueError(f"params must be a list with one entry per layer ({len(cells)}), got {got}")
+        raise ValueError(
+            f"params must be a list with one entry per layer ({len(cells)}), got {got}")
     if not 0.0 <= dropout_rate < 1.0:
         raise ValueError(f"dropout_rate must lie in [0, 1), got {dropout_rate}")
     use_dropout = dropout_rate > 0.0 and not deterministic and len(cells) > 1
     if use_dropout and key is None:
-        raise ValueError("key is required for dropout when deterministic=False and dropout_rate > 0")
+        raise ValueError(
+            "key is required for dropout when deterministic=False and dropout_rate > 0")
     if carries is not None and len(carries) != len(cells):
-        raise ValueError(f"carries must have one entry per layer ({len(cells)}), got {len(carries)}")
+        raise ValueError(
+            f"carries must have one entry per layer ({len(cells)}), got {len(carries)}")
     keys = jax.random.split(key, len(cells)) if use_dropout else [None] * len(cells)
     h, finals = xs, []
     for layer, (cell, p) in enumerate(zip(cells, params, strict=True)):
         c0 = None if carries is None else carries[layer]
-        kw = dict(lengths=lengths, mask=mask, time_major=time_major, unroll=unroll, remat=remat)
+        kw = dict(lengths=lengths, mask=mask, time_major=time_major, unroll=unroll, remat=remat,
+                  method=method)
         if bidirectional:
             c_f, c_b = _pair(cell)
             h, final = birnn(c_f, c_b, p, h, c0, merge=merge, **kw)

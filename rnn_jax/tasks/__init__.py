@@ -1,0 +1,80 @@
+"""Tasks: synthetic long-range problems and real data sets, each sampled from a key.
+
+Every task follows one protocol (see ``synthetic.py``): ``input_size``, ``output_size``,
+``readout`` ("last" | "all"), ``kind`` ("regression" | "classification"), ``token_inputs``,
+``seq_len``, ``sample(key, batch_size) -> {"xs", "ys", "mask"}`` (pure, jit/vmap-able),
+``loss(outputs, batch)``, ``metrics(outputs, batch)`` and the chance-level loss ``baseline``.
+Data-set tasks add ``split(name)``.
+
+``get_task(name, **kwargs)`` builds a task by name; ``task_names()`` lists the names.
+"""
+
+from types import MappingProxyType
+
+from .datasets import SequenceDataset, digits_task, mnist1d_task, sequence_dataset
+from .synthetic import Adding, CopyMemory, TemporalOrder, validate_batch_size, validate_key
+from .text import (
+    CharLM,
+    char_lm_task,
+    char_vocab,
+    load_shakespeare,
+    shakespeare_task,
+    shakespeare_works,
+    streams,
+    windows,
+)
+
+__all__ = [
+    "Adding",
+    "CopyMemory",
+    "TemporalOrder",
+    "SequenceDataset",
+    "sequence_dataset",
+    "mnist1d_task",
+    "digits_task",
+    "CharLM",
+    "char_lm_task",
+    "char_vocab",
+    "load_shakespeare",
+    "shakespeare_task",
+    "shakespeare_works",
+    "streams",
+    "windows",
+    "validate_key",
+    "validate_batch_size",
+    "get_task",
+    "task_names",
+]
+
+# Read-only: the registry is a constant, not state.
+_REGISTRY = MappingProxyType(
+    {
+        "adding": Adding,
+        "copy_memory": CopyMemory,
+        "temporal_order": TemporalOrder,
+        "mnist1d": mnist1d_task,
+        "digits": digits_task,
+        "shakespeare": shakespeare_task,
+    }
+)
+
+
+def task_names() -> tuple[str, ...]:
+    """The names :func:`get_task` accepts, sorted."""
+    return tuple(sorted(_REGISTRY))
+
+
+def get_task(name: str, **kwargs):
+    """Build the task registered as ``name`` with keyword arguments ``kwargs``.
+
+    Names: "adding" (:class:`Adding`), "copy_memory" (:class:`CopyMemory`), "temporal_order"
+    (:class:`TemporalOrder`), "mnist1d" (:func:`mnist1d_task`), "digits" (:func:`digits_task`),
+    "shakespeare" (:func:`shakespeare_task`). E.g. ``get_task("adding", seq_len=200,
+    variant="mean")``.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"name: expected a task name str, got {type(name).__name__}")
+    key = name.strip().lower().replace("-", "_")
+    if key not in _REGISTRY:
+        raise ValueError(f"name: expected one of {task_names()}, got {name!r}")
+    return _REGISTRY[key](**kwargs)
