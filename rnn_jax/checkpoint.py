@@ -51,9 +51,17 @@ def _options(*, create: bool) -> ocp.CheckpointManagerOptions:
     # Synchronous: `save` returns only once the step is final, and a failed write raises before
     # anything else happens (orbax's async finalizer would log the error and carry on). No root
     # metadata and no orbax-side pruning: the only files written are the step's own.
+    # Under jax.distributed only the calling process touches the directory: orbax would
+    # otherwise wait at a barrier for processes that never save (rnn_jax.loop writes from
+    # process 0 alone), and it refuses create=True with a restricted process set.
+    multi = {}
+    if jax.process_count() > 1:
+        me = jax.process_index()
+        multi = dict(multiprocessing_options=ocp.options.MultiprocessingOptions(
+            primary_host=me, active_processes={me}))
     return ocp.CheckpointManagerOptions(
-        create=create, enable_async_checkpointing=False, save_root_metadata=False,
-        lightweight_initialize=True)
+        create=create and not multi, enable_async_checkpointing=False, save_root_metadata=False,
+        lightweight_initialize=True, **multi)
 
 
 def _as_dir(directory, fn: str) -> pathlib.Path:
@@ -312,6 +320,7 @@ def save(directory, step: int, state, *, metadata: dict | None = None,
     items = {"meta": ocp.args.JsonSave({"leaves": specs, "metadata": metadata})}
     if data:
         items["state"] = ocp.args.PyTreeSave(data)
+    root.mkdir(parents=True, exist_ok=True)
     with ocp.CheckpointManager(root, options=_options(create=True)) as mngr:
         if not mngr.save(step, args=ocp.args.Composite(**items), force=True):
             raise RuntimeError(f"save: orbax declined to save step {step} in {root}")

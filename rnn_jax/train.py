@@ -89,7 +89,8 @@ def learning_rate_schedule(cfg: OptimizerConfig) -> optax.Schedule:
         return optax.warmup_cosine_decay_schedule(
             0.0, lr, max(cfg.warmup_steps, 1), max(cfg.decay_steps, cfg.warmup_steps + 1), end)
     if cfg.schedule == "exponential":
-        return optax.exponential_decay(lr, cfg.decay_steps, max(cfg.end_factor, 1e-12))
+        return optax.exponential_decay(lr, cfg.decay_steps, max(cfg.end_factor, 1e-12),
+                                       end_value=end)
     return optax.linear_schedule(lr, end, cfg.decay_steps)
 
 
