@@ -170,11 +170,11 @@ class SequenceModel:
           carries: initial carries (e.g. from the previous window in truncated BPTT).
           return_carries: also return every layer's final carry.
         """
-        steps = xs.shape[-1] if self.token_inputs else xs.shape[-2]
+        e = self.embed(params, xs)  # validates xs first
+        steps = e.shape[-2]
         if self.readout == "flatten" and steps != self.seq_len:
             raise ValueError(f"xs has T={steps} steps, but readout='flatten' was built for "
                              f"seq_len={self.seq_len}")
-        e = self.embed(params, xs)
         hs, finals = stack(self.cells, params["layers"], e, carries, lengths=lengths, mask=mask,
                            bidirectional=self.bidirectional, merge=self.merge,
                            dropout_rate=self.dropout_rate, key=key, deterministic=deterministic,

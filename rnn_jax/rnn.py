@@ -25,7 +25,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rnn_jax import fused
+
 MERGES = ("concat", "sum", "mean")
+METHODS = ("auto", "scan", "fused")
 
 
 # -- validation (before anything is traced) ----------------------------------------------
@@ -115,7 +118,8 @@ def _check_unroll(unroll):
 
 # -- the runner ------------------------------------------------------------------------------
 def rnn(cell, params, xs, carry=None, *, lengths=None, mask=None, reverse=False,
-        time_major=False, unroll=1, probes=None, return_carries=False, remat=False):
+        time_major=False, unroll=1, probes=None, return_carries=False, remat=False,
+        method="auto"):
     """Runs ``cell`` over the time axis of ``xs`` (BPTT when differentiated).
 
         u_t = x_t W + b                        (all t at once, before the loop)
@@ -136,6 +140,11 @@ def rnn(cell, params, xs, carry=None, *, lengths=None, mask=None, reverse=False,
       return_carries: also return the carry after every step.
       remat: recompute each step in the backward pass instead of storing its intermediates
         (``jax.checkpoint``): the same results with less memory on long sequences.
+      method: the time loop (the same results either way): ``"scan"`` differentiates a plain
+        ``lax.scan``; ``"fused"`` (``rnn_jax.fused``) has a hand-written JVP whose BPTT
+        computes the weight gradients as single products outside the loop (Elman, LSTM, GRU;
+        masks, reverse; not probes, return_carries, remat); ``"auto"`` takes ``"fused"``
+        where it applies, else ``"scan"``. See ``rnn_jax.fused.select``.
 
     Returns:
       ``(hs, carry)`` or ``(hs, carry, carries)``: ``hs: [*batch, T, H]``, ``carry`` the final
@@ -143,13 +152,21 @@ def rnn(cell, params, xs, carry=None, *, lengths=None, mask=None, reverse=False,
     """
     _check_xs(cell, params, xs, time_major)
     unroll = _check_unroll(unroll)
+    if method not in METHODS:
+        raise ValueError(f"method={method!r} is not supported; expected one of {METHODS}")
+    path = fused.select(method, cell, params, probes=probes, return_carries=return_carries,
+                        remat=remat)
     xs_tm = xs if time_major else jnp.moveaxis(xs, -2, 0)  # [T, *batch, I]
     num_steps, batch_shape = xs_tm.shape[0], tuple(xs_tm.shape[1:-1])
     m = _mask_from(lengths, mask, batch_shape, num_steps)
+    # float32 at least (bf16 compute accumulates in float32), float64 for float64 inputs or
+    # params: the scan carry must keep the dtype the cell's update produces.
+    carry_dtype = jnp.result_type(jnp.float32, xs.dtype, *jax.tree.leaves(params))
     if carry is None:
-        carry = cell.initial_carry(batch_shape, jnp.float32)
+        carry = cell.initial_carry(batch_shape, carry_dtype)
     else:
-        _check_carry(cell, carry, batch_shape, jnp.float32)
+        _check_carry(cell, carry, batch_shape, carry_dtype)
+        carry = jax.tree.map(lambda c: jnp.asarray(c, carry_dtype), carry)
     if probes is not None:
         want = ((num_steps, *batch_shape) if time_major else (*batch_shape, num_steps))
         want = (*want, cell.hidden_size)
@@ -157,8 +174,12 @@ def rnn(cell, params, xs, carry=None, *, lengths=None, mask=None, reverse=False,
             raise ValueError(f"probes must have shape {want}, got {_shape_of(probes)}")
         probes = probes if time_major else jnp.moveaxis(probes, -2, 0)
 
-    us = cell.project(params, xs_tm)  # hoisted: [T, *batch, G*H] in one product
     m_tm = None if m is None else jnp.moveaxis(m, -1, 0)  # [T, *batch]
+    if path == "fused":  # projects the inputs itself, gate by gate
+        hs, final = fused.recurrence(cell, params, carry, xs_tm, mask=m_tm, reverse=reverse,
+                                     unroll=unroll)
+        return (hs if time_major else jnp.moveaxis(hs, 0, -2)), final
+    us = cell.project(params, xs_tm)  # hoisted: [T, *batch, G*H] in one product
 
     def body(c, inp):
         u, m_t, p_t = inp
@@ -196,7 +217,7 @@ def merge_directions(h_fwd, h_bwd, merge):
 
 def bidirectional(fwd_cell, bwd_cell, params, xs, carry=None, *, lengths=None, mask=None,
                   merge="concat", time_major=False, unroll=1, return_carries=False,
-                  remat=False):
+                  remat=False, method="auto"):
     """Bidirectional RNN (Schuster & Paliwal 1997): a forward and a reverse pass, merged.
 
         hf_t = forward cell over x_1..x_t,   hb_t = backward cell over x_T..x_t (real steps only)
@@ -218,7 +239,7 @@ def bidirectional(fwd_cell, bwd_cell, params, xs, carry=None, *, lengths=None, m
         raise ValueError(f"params must be a dict with keys 'fwd' and 'bwd', got {got}")
     c_f, c_b = (None, None) if carry is None else carry
     kw = dict(lengths=lengths, mask=mask, time_major=time_major, unroll=unroll,
-              return_carries=return_carries, remat=remat)
+              return_carries=return_carries, remat=remat, method=method)
     out_f = rnn(fwd_cell, params["fwd"], xs, c_f, **kw)
     out_b = rnn(bwd_cell, params["bwd"], xs, c_b, reverse=True, **kw)
     hs = merge_directions(out_f[0], out_b[0], merge)

@@ -36,8 +36,9 @@ def test_readme_script_runs_and_its_update_lowers_the_loss():
 
     first = float(loss(new_params))
     p = new_params
+    grad = jax.jit(jax.grad(loss))
     for _ in range(20):
-        g = jax.grad(loss)(p)
+        g = grad(p)
         u, state = opt.update(g, state)
         p = optax.apply_updates(p, u)
     assert float(loss(p)) < first

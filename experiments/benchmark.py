@@ -1,0 +1,198 @@
+"""Benchmark: forward and train-step speed of rnn_jax against flax.linen, PyTorch and cuDNN.
+
+Sweeps sizes (B, T, H with I = H) x cell (elman, lstm, gru) x mode (forward; train = the loss
+mean(h^2) and its gradient for every weight, i.e. BPTT) x implementation, all on the same
+weights and inputs. Each implementation is checked against the reference before it is timed
+(``rnn_jax.bench.run_point``); implementations are interleaved call by call and the median of
+``repeats`` synchronised calls is reported, compile time separately.
+
+    python -m experiments run benchmark --suite quick|cpu|gpu [--cells lstm,gru] [--impls ...]
+
+Implementation names: ``rnn_jax`` (``rj.rnn`` with no options), ``rnn_jax:<method>[-u<unroll>]
+[-highest]``, ``flax_linen``, ``torch``, ``torch:tf32``, ``jax_experimental_rnn``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import os
+
+import numpy as np
+
+from rnn_jax import bench, bench_impls
+
+SUITE_IMPLS = {
+    "quick": ("rnn_jax", "rnn_jax:scan", "flax_linen", "torch", "jax_experimental_rnn"),
+    "cpu": ("rnn_jax", "rnn_jax:scan", "rnn_jax:scan-u8", "rnn_jax:fused-u4", "flax_linen",
+            "torch", "jax_experimental_rnn"),
+    "gpu": ("rnn_jax", "rnn_jax:scan", "rnn_jax:scan-u8", "rnn_jax:fused-u8",
+            "rnn_jax:auto-highest", "flax_linen", "torch", "torch:tf32",
+            "jax_experimental_rnn"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """A suite; ``impls`` and ``sizes`` ("BxTxH") empty mean the suite's own lists."""
+
+    suite: str = "quick"
+    cells: tuple[str, ...] = bench.CELLS
+    impls: tuple[str, ...] = ()
+    modes: tuple[str, ...] = bench.MODES
+    sizes: tuple[str, ...] = ()
+    repeats: int = 20
+    warmup: int = 3
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.suite not in bench.SUITES:
+            raise ValueError(f"suite={self.suite!r} is unknown; expected one of "
+                             f"{sorted(bench.SUITES)}")
+        for name, allowed in (("cells", bench.CELLS), ("modes", bench.MODES)):
+            value = getattr(self, name)
+            if not value or not set(value) <= set(allowed):
+                raise ValueError(f"{name} must be a non-empty subset of {allowed}, got {value}")
+        bench_impls.get_builders(self.impls)  # unknown names fail here, before any run
+        for size in self.sizes:
+            bench.parse_size(size)
+        if self.repeats < 1 or self.warmup < 0:
+            raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {self.repeats}, "
+                             f"{self.warmup}")
+
+
+SMOKE = {"sizes": ("4x6x8",), "cells": ("lstm",), "repeats": 2, "warmup": 1}
+
+
+def sizes_of(cfg: Config) -> list[tuple[int, int, int]]:
+    if cfg.sizes:
+        return [bench.parse_size(s) for s in cfg.sizes]
+    return list(bench.SUITES[cfg.suite])
+
+
+def speedups(records: list) -> list[dict]:
+    """Per point, other_ms / rnn_jax_ms for flax_linen and torch (> 1: rnn_jax is faster)."""
+    points = {}
+    for r in records:
+        points.setdefault((r["cell"], r["mode"], r["B"], r["T"], r["H"]), {})[r["impl"]] = r
+    rows = []
+    for (cell, mode, b, t, h), by_impl in points.items():
+        if "rnn_jax" not in by_impl:
+            continue
+        ours = by_impl["rnn_jax"]["ms"]
+        row = {"cell": cell, "mode": mode, "B": b, "T": t, "H": h, "rnn_jax_ms": ours,
+               "fastest": min(by_impl, key=lambda k: by_impl[k]["ms"])}
+        for other in ("flax_linen", "torch"):
+            if other in by_impl:
+                row[f"vs_{other}"] = by_impl[other]["ms"] / ours
+        rows.append(row)
+    return rows
+
+
+def run(cfg: Config) -> dict:
+    impls = cfg.impls or SUITE_IMPLS[cfg.suite]
+    builders = bench_impls.get_builders(impls)
+    load_start = os.getloadavg()
+    records, skipped, rejected = [], [], []
+    for b, t, h in sizes_of(cfg):
+        for cell in cfg.cells:
+            for mode in cfg.modes:
+                problem = bench.Problem(cell, mode, b, t, h, seed=cfg.seed)
+                out = bench.run_point(problem, builders, warmup=cfg.warmup,
+                                      repeats=cfg.repeats, seed=cfg.seed)
+                records += out["records"]
+                skipped += out["skipped"]
+                rejected += out["rejected"]
+    spread = [(r["ms_q75"] - r["ms_q25"]) / r["ms"] for r in records]
+    metrics = {
+        "records": records, "skipped": skipped, "rejected": rejected,
+        "speedups": speedups(records), "suite": cfg.suite, "impls": list(impls),
+        "sizes": [list(s) for s in sizes_of(cfg)], "threads": bench.cpu_threads(),
+        "load_average": {"start": list(load_start), "end": list(os.getloadavg())},
+        "median_relative_iqr": float(np.median(spread)) if spread else None,
+        "default_path": sorted({f"{r['cell']}: {r['path']}" for r in records
+                                if r["impl"] == "rnn_jax"}),
+    }
+    if "torch" in " ".join(impls) and importlib.util.find_spec("torch") is not None:
+        import torch
+
+        metrics["torch_threads"] = torch.get_num_threads()
+    return metrics
+
+
+def _fmt_ms(x):
+    return "—" if x is None else (f"{x:.3g}" if x < 10 else f"{x:.1f}")
+
+
+def report(metrics: dict, cfg: Config) -> str:
+    records = metrics["records"]
+    impls = [i for i in metrics["impls"] if any(r["impl"] == i for r in records)]
+    device = sorted({r["device"] for r in records if r["impl"].startswith("rnn_jax")})
+    lines = [
+        f"Suite `{metrics['suite']}` on {', '.join(device) or '?'}; {metrics['threads']} CPU "
+        f"threads for XLA" + (f", torch.get_num_threads() = {metrics['torch_threads']}"
+                              if "torch_threads" in metrics else "") + ".",
+        f"Median of {cfg.repeats} interleaved calls after {cfg.warmup} warm-up calls; float32; "
+        f"train step = mean(h^2) and its gradient w.r.t. all weights (BPTT).",
+        f"Load average (1 min) {metrics['load_average']['start'][0]:.1f} at the start, "
+        f"{metrics['load_average']['end'][0]:.1f} at the end; median interquartile range of "
+        f"the repeats: {100 * (metrics['median_relative_iqr'] or 0):.0f}% of the median.",
+        "", "Path `rnn_jax` (no options) ran: " + "; ".join(metrics["default_path"]) + ".", ""]
+    for cell in cfg.cells:
+        for mode in cfg.modes:
+            rows = [r for r in records if r["cell"] == cell and r["mode"] == mode]
+            if not rows:
+                continue
+            lines += [f"### {cell}, {mode} (ms; speedup = other / rnn_jax)", "",
+                      "| B, T, H | " + " | ".join(impls) + " | vs flax | vs torch |",
+                      "|---" * (len(impls) + 3) + "|"]
+            for s in metrics["speedups"]:
+                if s["cell"] != cell or s["mode"] != mode:
+                    continue
+                size = (s["B"], s["T"], s["H"])
+                by = {r["impl"]: r["ms"] for r in rows if (r["B"], r["T"], r["H"]) == size}
+                cells = [_fmt_ms(by.get(i)) for i in impls]
+                ratio = [f"{s[k]:.2f}x" if k in s else "—" for k in ("vs_flax_linen", "vs_torch")]
+                lines.append(f"| {size[0]}, {size[1]}, {size[2]} | " + " | ".join(cells)
+                             + " | " + " | ".join(ratio) + " |")
+            lines.append("")
+    behind = [s for s in metrics["speedups"]
+              if min(s.get("vs_flax_linen", 9), s.get("vs_torch", 9)) < 1.0]
+    lines.append("rnn_jax is at least as fast as flax.linen and PyTorch on every point."
+                 if not behind else "rnn_jax is slower than flax.linen or PyTorch on: " + "; ".join(
+                     f"{s['cell']} {s['mode']} ({s['B']}, {s['T']}, {s['H']})" for s in behind)
+                 + ".")
+    for title, key in (("Skipped", "skipped"), ("Rejected (outputs differ)", "rejected")):
+        seen = sorted({f"{e['impl']} ({e['cell']}): {e['reason']}" for e in metrics[key]})
+        if seen:
+            lines += ["", f"{title}:", *[f"- {s}" for s in seen]]
+    return "\n".join(lines)
+
+
+def figures(metrics: dict, cfg: Config, out_dir):
+    from rnn_jax import plotting
+
+    records = metrics["records"]
+    impls = [i for i in metrics["impls"] if any(r["impl"] == i for r in records)]
+    sizes = [tuple(s) for s in metrics["sizes"]]
+    fig, axes = plotting.figure(len(cfg.cells), len(cfg.modes), width=max(4.0, 1.6 * len(sizes)),
+                                height=3.2)
+    axes = np.asarray(axes).reshape(len(cfg.cells), len(cfg.modes))
+    width = 0.8 / max(len(impls), 1)
+    with plotting.style():
+        for (i, cell), (j, mode) in ((a, b) for a in enumerate(cfg.cells)
+                                     for b in enumerate(cfg.modes)):
+            ax = axes[i, j]
+            for k, impl in enumerate(impls):
+                by = {(r["B"], r["T"], r["H"]): r["tok_s"] for r in records
+                      if r["impl"] == impl and r["cell"] == cell and r["mode"] == mode}
+                ax.bar(np.arange(len(sizes)) + (k - (len(impls) - 1) / 2) * width,
+                       [by.get(s, 0.0) for s in sizes], width, label=impl)
+            ax.set_xticks(np.arange(len(sizes)), [f"{b},{t},{h}" for b, t, h in sizes],
+                          fontsize=8)
+            ax.set_yscale("log")
+            ax.set_title(f"{cell}, {mode}")
+            ax.set_xlabel("B, T, H")
+            ax.set_ylabel("tokens / s")
+        axes[0, -1].legend(fontsize=7)
+    return [plotting.save(fig, out_dir / "tokens_per_s.png")]

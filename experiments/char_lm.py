@@ -1,0 +1,361 @@
+"""Character-level Shakespeare: tanh RNN vs LSTM vs GRU, truncated BPTT, clipping, a sample.
+
+Karpathy, Johnson & Fei-Fei (2015), "Visualizing and Understanding Recurrent Networks" (the
+char-rnn setting; Sutskever, Martens & Hinton 2011 and Graves 2013 before them). Each model
+reads characters through an embedding and predicts the next one at every step:
+
+    e_t = E[c_t],   h_t = cell(e_t, h_{t-1}),   p(c_{t+1} | c_<=t) = softmax(h_t V + c)
+
+Training is truncated BPTT over ``batch_size`` parallel streams of the training text
+(``rnn_jax.tbptt``): window n covers characters [n k, n k + k), k = ``window``; its loss is
+backpropagated to the window start only, and its final carry, cut from the graph
+(``stop_gradient``), starts window n + 1. Every epoch restarts the streams with zero carries.
+Updates are Adam on the global-norm-clipped gradient (tau = ``clip_threshold``). The loss is
+a mean over the B x k characters of a window, so typical norms are well below 1: tau = 1 acts
+only on the rare spikes (mostly early in training, mostly for the tanh RNN), which is what
+clipping is for.
+
+Evaluation: test bits per character, the mean cross-entropy / ln 2 over the whole test split
+read as ``eval_batch_size`` contiguous streams, carries passed from window to window (no
+truncation of the forward pass). Baselines the task knows: the unigram entropy of the training
+characters (4.70 bits on the full corpus) and the uniform predictor, log2 V (6.46 bits, V = 88).
+
+Data: by default the modern-spelling editions only (``edition="modern"``: 42 files, 5.06 M
+characters, split 90/5/5 % in file order), so the near-duplicate First Folio texts of the same
+plays cannot leak across splits. The default run is small enough for a laptop CPU (H = 128,
+4000 updates of 32 x 64 characters: 8.2 M characters read, 1.8 epochs of the 4.55 M training
+characters); larger runs take flags (e.g. ``--hidden_size 512 --num_steps 20000``, or
+``--edition all`` for the whole corpus).
+
+Sample: ``sample_length`` characters generated after ``prompt`` at temperature
+``temperature`` (softmax(z / tau); tau = 1 samples the model's own distribution, tau < 1 makes
+it more conservative: fewer misspelt words, more repetition).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from experiments import harness
+from rnn_jax import checkpoint, generate, tbptt, train
+from rnn_jax.cells import GRU, LSTM, Elman
+from rnn_jax.model import SequenceModel
+from rnn_jax.tasks import shakespeare_task, shakespeare_works, streams
+
+MODELS = ("tanh", "lstm", "gru")
+EDITIONS = ("modern", "folio", "all")
+SAMPLE_STREAM = 0x5A3E  # fold_in(key(seed), SAMPLE_STREAM): the generation key
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """The full default run: three 1-layer models, H = 128, 4000 TBPTT updates each."""
+
+    models: tuple[str, ...] = MODELS
+    hidden_size: int = 128
+    embed_size: int = 32
+    edition: str = "modern"
+    max_chars: int | None = None
+    window: int = 64
+    batch_size: int = 32
+    learning_rate: float = 2e-3
+    clip_threshold: float = 1.0
+    num_steps: int = 4000
+    log_every: int = 100
+    val_chars: int = 32_768
+    eval_batch_size: int = 128
+    prompt: str = "\n\nKING.\n"
+    sample_length: int = 400
+    temperature: float = 0.8
+    seed: int = 0
+    checkpoint_dir: str | None = None
+    checkpoint_every: int = 500
+
+    def __post_init__(self):
+        unknown = [m for m in self.models if m not in MODELS]
+        if not self.models or unknown or len(set(self.models)) != len(self.models):
+            raise ValueError(f"models must be distinct names from {MODELS}, got {self.models!r}")
+        if self.edition not in EDITIONS:
+            raise ValueError(f"edition must be one of {EDITIONS}, got {self.edition!r}")
+        for name in ("hidden_size", "embed_size", "window", "batch_size", "num_steps",
+                     "log_every", "eval_batch_size", "val_chars"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if self.max_chars is not None and self.max_chars < 1000:
+            raise ValueError(f"max_chars must be None or >= 1000, got {self.max_chars}")
+        if not (self.learning_rate > 0 and self.clip_threshold > 0):
+            raise ValueError(f"learning_rate and clip_threshold must be > 0, got "
+                             f"{self.learning_rate}, {self.clip_threshold}")
+        if self.sample_length < 0 or not self.prompt:
+            raise ValueError(f"sample_length must be >= 0 and prompt non-empty, got "
+                             f"{self.sample_length}, {self.prompt!r}")
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise ValueError(f"temperature must be a finite float >= 0, got {self.temperature}")
+        if self.checkpoint_every < 0 or (self.checkpoint_every % self.log_every):
+            raise ValueError(f"checkpoint_every={self.checkpoint_every} must be a multiple of "
+                             f"log_every={self.log_every} (0: only at the end)")
+
+    def optimizer_config(self) -> train.OptimizerConfig:
+        return train.OptimizerConfig("adam", self.learning_rate, clip="global_norm",
+                                     clip_threshold=self.clip_threshold)
+
+
+# Two models keep the smoke run short (LSTM: a tuple carry, GRU: an array one); val_chars = the
+# whole validation split, the size of the test split, so both evaluations share one compilation.
+SMOKE = dict(models=("lstm", "gru"), hidden_size=8, embed_size=4, max_chars=20_000, window=8, batch_size=4,
+             num_steps=6, log_every=3, checkpoint_every=3, val_chars=1000, eval_batch_size=4,
+             sample_length=20)
+
+
+def works(edition: str) -> tuple[str, ...] | None:
+    """The files of an edition: modern (``*_gut``), First Folio (``*_gut_f``) or all (None)."""
+    if edition == "all":
+        return None
+    folio = tuple(w for w in shakespeare_works() if w.endswith("_f"))
+    return folio if edition == "folio" else tuple(w for w in shakespeare_works()
+                                                  if w not in folio)
+
+
+def make_task(cfg: Config):
+    """The Shakespeare char-LM task (seq_len = window; the vocabulary covers the whole text)."""
+    return shakespeare_task(cfg.window, works=works(cfg.edition), max_chars=cfg.max_chars)
+
+
+def make_model(name: str, cfg: Config, vocab_size: int) -> SequenceModel:
+    """One recurrent layer of ``hidden_size`` units between an embedding and a softmax readout.
+
+    The library's default initialisation: orthogonal U blocks, Glorot W, zero biases (LSTM:
+    forget-gate bias 1).
+    """
+    cell = {"tanh": Elman, "lstm": LSTM, "gru": GRU}[name](cfg.hidden_size)
+    return SequenceModel(cell, vocab_size, vocab_size=vocab_size, embed_size=cfg.embed_size)
+
+
+def count_params(params) -> int:
+    """The number of scalars in a parameter pytree."""
+    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
+
+
+# -- training in chunks of TBPTT updates ------------------------------------------------------
+@functools.partial(jax.jit, static_argnums=(3, 4, 5, 6))
+def _chunk(state, carries, stream, model, opt_cfg, window, num_steps):
+    """``num_steps`` TBPTT updates from update ``state.step`` (window ``step mod count``).
+
+    Carries restart from zeros at every epoch start (window 0). Returns the new state and
+    carries and per-update ``loss``, ``grad_norm`` (pre-clip), ``clipped``, ``finite``.
+    """
+    update = tbptt.make_tbptt_update(model, opt_cfg, k1=window)
+    count = tbptt.window_count(stream.shape[1], window)
+
+    def body(c, _):
+        st, car = c
+        n = st.step % count
+        car = jax.tree.map(lambda x: jnp.where(n == 0, jnp.zeros_like(x), x), car)
+        st, car, m = update(st, car, tbptt.window_at(stream, n, window))
+        return (st, car), {k: m[k] for k in ("loss", "grad_norm", "clipped", "finite")}
+
+    (state, carries), metrics = jax.lax.scan(body, (state, carries), None, length=num_steps)
+    return state, carries, metrics
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _stream_loss(params, stream, model, window):
+    return tbptt.stream_loss(model, params, stream, window)
+
+
+def _identity(name: str, cfg: Config, model) -> dict:
+    fields = dataclasses.asdict(cfg)
+    # what the saved state and history depend on (not num_steps: a run may be extended)
+    for k in ("checkpoint_dir", "checkpoint_every", "num_steps", "prompt", "sample_length",
+              "temperature", "models"):
+        fields.pop(k)
+    return json.loads(json.dumps(harness.to_jsonable({**fields, "model": name,
+                                                      "repr": repr(model)})))
+
+
+def _summary(m) -> dict:
+    m = jax.device_get(m)
+    ok = np.asarray(m["finite"])
+    loss = np.asarray(m["loss"], float)[ok]
+    norm = np.asarray(m["grad_norm"], float)[ok]
+    return {"loss": float(loss.mean()) if loss.size else None,
+            "grad_norm": float(np.median(norm)) if norm.size else None,
+            "grad_norm_max": float(np.max(norm)) if norm.size else None,
+            "clipped": float(np.mean(m["clipped"])), "nonfinite": int(np.sum(~ok))}
+
+
+def fit(name: str, cfg: Config, task, val_stream):
+    """Trains model ``name`` with TBPTT in chunks of ``log_every`` updates; checkpoints/resumes.
+
+    Returns ``(model, state, history)``; history holds per chunk the mean training loss (nats),
+    the median and largest pre-clip gradient norm, the clipped fraction and the validation loss
+    (nats) on
+    the first ``val_chars`` validation characters.
+    """
+    model = make_model(name, cfg, task.input_size)
+    opt_cfg = cfg.optimizer_config()
+    stream = task.streams("train", cfg.batch_size)
+    if tbptt.window_count(stream.shape[1], cfg.window) < 1:
+        raise ValueError(f"the training text gives streams of {stream.shape[1]} characters at "
+                         f"batch_size={cfg.batch_size}, shorter than window + 1")
+    key = jax.random.fold_in(jax.random.key(cfg.seed), MODELS.index(name))
+    state = train.init_state(key, model, task, train.make_optimizer(opt_cfg))
+    carries = model.initial_carries((cfg.batch_size,))
+    ckpt = None if cfg.checkpoint_dir is None else os.path.join(cfg.checkpoint_dir, name)
+    identity = _identity(name, cfg, model)
+    start, history = 0, {"step": [], "train_loss": [], "grad_norm": [], "grad_norm_max": [],
+                         "clipped": [], "nonfinite": [], "val_loss": []}
+    like = {"state": state, "carries": carries}
+    if ckpt is not None and checkpoint.check_compatible(ckpt, like) is not None:
+        found = checkpoint.latest_step(ckpt)
+        meta = checkpoint.read_metadata(ckpt, step=found)
+        if meta.get("run") != identity:
+            raise ValueError(f"checkpoint_dir {ckpt} holds a different run; use another "
+                             "directory")
+        if found > cfg.num_steps:
+            raise ValueError(f"checkpoint_dir {ckpt} is at step {found}, beyond "
+                             f"num_steps={cfg.num_steps}")
+        restored = checkpoint.restore(ckpt, like, step=found)[0]
+        state, carries = restored["state"], restored["carries"]
+        start, history = found, meta["history"]
+    ends = [*range((start // cfg.log_every + 1) * cfg.log_every, cfg.num_steps, cfg.log_every),
+            cfg.num_steps] if start < cfg.num_steps else []
+    step = start
+    for end in ends:
+        state, carries, m = _chunk(state, carries, stream, model, opt_cfg, cfg.window,
+                                   end - step)
+        step = end
+        s = _summary(m)
+        val = float(_stream_loss(state.params, val_stream, model, cfg.window))
+        history["step"].append(step)
+        history["train_loss"].append(s["loss"])
+        history["grad_norm"].append(s["grad_norm"])
+        history["grad_norm_max"].append(s["grad_norm_max"])
+        history["clipped"].append(s["clipped"])
+        history["nonfinite"].append(s["nonfinite"])
+        history["val_loss"].append(val if math.isfinite(val) else None)
+        if ckpt is not None and (step == cfg.num_steps or (
+                cfg.checkpoint_every and step % cfg.checkpoint_every == 0)):
+            checkpoint.save(ckpt, step, {"state": state, "carries": carries},
+                            metadata={"run": identity, "history": history}, keep=2)
+    return model, state, history
+
+
+def eval_stream(task, split: str, batch_size: int, max_chars: int | None = None):
+    """The first ``max_chars`` characters of a split (all: None) as ``batch_size`` streams."""
+    return streams(task.split_tokens(split)[:max_chars], batch_size)
+
+
+def run(cfg: Config) -> dict:
+    """Trains every model, scores test bits per character, prints and stores a sample."""
+    task = make_task(cfg)
+    ln2 = math.log(2.0)
+    val_stream = eval_stream(task, "validation", cfg.eval_batch_size, cfg.val_chars)
+    test_stream = eval_stream(task, "test", cfg.eval_batch_size)
+    out = {"test_bpc": {}, "samples": {}, "num_params": {}, "final_train_bpc": {},
+           "clip_fraction": {}, "curves": {}}
+    for name in cfg.models:
+        model, state, hist = fit(name, cfg, task, val_stream)
+        out["test_bpc"][name] = float(_stream_loss(state.params, test_stream, model,
+                                                   cfg.window)) / ln2
+        out["num_params"][name] = count_params(state.params)
+        out["final_train_bpc"][name] = (None if hist["train_loss"][-1] is None
+                                        else hist["train_loss"][-1] / ln2)
+        out["clip_fraction"][name] = float(np.mean(hist["clipped"]))
+        out["curves"][name] = hist
+        key = jax.random.fold_in(jax.random.key(cfg.seed), SAMPLE_STREAM)
+        out["samples"][name] = generate.generate_text(
+            key, model, state.params, task, cfg.prompt, cfg.sample_length,
+            temperature=cfg.temperature)
+    best = min(cfg.models, key=lambda m: out["test_bpc"][m])
+    out["best_model"] = best
+    out["sample"] = cfg.prompt + out["samples"][best]
+    out["unigram_bpc"] = task.unigram_entropy / ln2
+    out["uniform_bpc"] = task.baseline / ln2
+    out["vocab_size"] = task.input_size
+    out["chars"] = {s: int(task.split_tokens(s).shape[0]) for s in task.split_names}
+    out["train_chars_read"] = cfg.num_steps * cfg.batch_size * cfg.window
+    print(f"char_lm sample ({best}, temperature {cfg.temperature:g}):\n{out['sample']}")
+    return out
+
+
+def figures(metrics: dict, cfg: Config, out_dir) -> list:
+    """bpc_curves.png: training (chunk mean) and validation bits per character against updates,
+    with the unigram and uniform baselines; and the median pre-clip gradient norm per chunk."""
+    from rnn_jax import plotting
+
+    ln2 = math.log(2.0)
+    fig, (ax, ax_g) = plotting.figure(1, 2, width=4.6, height=3.6)
+    with plotting.style():
+        for i, name in enumerate(cfg.models):
+            h = metrics["curves"][name]
+            tr = np.asarray([np.nan if v is None else v for v in h["train_loss"]], float) / ln2
+            va = np.asarray([np.nan if v is None else v for v in h["val_loss"]], float) / ln2
+            ax.plot(h["step"], tr, color=f"C{i}", label=f"{name} train")
+            ax.plot(h["step"], va, color=f"C{i}", ls="--", marker="o", ms=2.5,
+                    label=f"{name} validation")
+            for key, style, label in (("grad_norm", "-", f"{name} median"),
+                                      ("grad_norm_max", ":", f"{name} max")):
+                gn = np.asarray([np.nan if v is None else v for v in h[key]], float)
+                ax_g.plot(h["step"], gn, color=f"C{i}", ls=style, label=label)
+        ax.axhline(metrics["unigram_bpc"], color="k", ls=":", lw=1,
+                   label=f"unigram {metrics['unigram_bpc']:.2f}")
+        ax.axhline(metrics["uniform_bpc"], color="grey", ls="-.", lw=1,
+                   label=f"uniform {metrics['uniform_bpc']:.2f}")
+        ax.set(xlabel="TBPTT update", ylabel="bits per character",
+               title=f"Shakespeare ({cfg.edition}), H = {cfg.hidden_size}")
+        ax.legend(ncols=2, fontsize=7, loc="center right")
+        ax_g.axhline(cfg.clip_threshold, color="k", ls="-.", lw=1,
+                     label=f"clip threshold {cfg.clip_threshold:g}")
+        ax_g.set(yscale="log", xlabel="TBPTT update", ylabel="pre-clip ‖g‖ per chunk",
+                 title="global gradient norm (median, max)")
+        ax_g.legend(fontsize=7)
+    return [plotting.save(fig, out_dir / "bpc_curves.png")]
+
+
+def report(metrics: dict, cfg: Config) -> str:
+    """Test bits per character per model beside the baselines, and the sample."""
+    chars = metrics["chars"]
+    lines = [
+        f"Shakespeare, {cfg.edition} edition(s): {chars['train']:,} train / "
+        f"{chars.get('validation', 0):,} validation / {chars.get('test', 0):,} test characters, "
+        f"V = {metrics['vocab_size']}. One recurrent layer, H = {cfg.hidden_size}, embedding "
+        f"{cfg.embed_size}; truncated BPTT over {cfg.batch_size} streams, windows of "
+        f"{cfg.window} characters, carries passed between windows with stop_gradient; Adam "
+        f"{cfg.learning_rate:g}, global-norm clipping at {cfg.clip_threshold:g}; "
+        f"{cfg.num_steps} updates ({metrics['train_chars_read']:,} characters read).",
+        "",
+        "| model | parameters | test bits/char | last train bits/char | steps clipped |",
+        "|---|---|---|---|---|",
+    ]
+    for name in cfg.models:
+        tr = metrics["final_train_bpc"][name]
+        lines.append(f"| {name} | {metrics['num_params'][name]:,} | "
+                     f"{metrics['test_bpc'][name]:.3f} | "
+                     f"{'n/a' if tr is None else f'{tr:.3f}'} | "
+                     f"{metrics['clip_fraction'][name]:.2%} |")
+    lines += [
+        f"| unigram baseline | {metrics['vocab_size'] - 1} | {metrics['unigram_bpc']:.3f} | | |",
+        f"| uniform, log2 V | 0 | {metrics['uniform_bpc']:.3f} | | |",
+        "",
+        "Karpathy, Johnson & Fei-Fei (2015) train larger, deeper models for much longer and "
+        "report other corpora (War and Peace, the Linux kernel source), so there is no "
+        "published number for this setting: the table compares with the two baselines only.",
+        "",
+        f"Sample from the best model ({metrics['best_model']}), temperature "
+        f"{cfg.temperature:g}, {cfg.sample_length} characters after the prompt:",
+        "",
+        "```",
+        metrics["sample"].strip("\n"),
+        "```",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,202 @@
+"""Seed-vmapped training in jitted chunks, with checkpoints and exact resume (for experiments).
+
+One *run* trains S models of one architecture, one per key, in a single compiled program:
+
+    state_s <- train.train(key_s, model, task, opt, num_steps=n, state=state_s)   s = 1..S
+
+called chunk by chunk. Chunks end at every multiple of ``log_every`` and at ``num_steps``; after
+each chunk a record is appended to the history (means over the chunk's steps, per seed), plus
+whatever ``probe(params)`` measures on the parameters (e.g. the spectral radius of U). Every
+``checkpoint_every`` steps (a multiple of ``log_every``) and after the last step, the stacked
+``TrainState`` is saved with ``rnn_jax.checkpoint``, the history so far in its metadata.
+
+Resume: given a ``checkpoint_dir`` holding checkpoints of the same run (same keys, model, task,
+optimizer, batch size, ``log_every``), the newest one is restored and training continues. The
+batch of step t is drawn from ``fold_in(data_key, t)`` inside ``train.train`` and chunk
+boundaries do not depend on where a run started, so a resumed run makes the same compiled calls
+on the same values as an uninterrupted one and ends bitwise where it ends.
+
+Shapes: keys [S]; every state leaf [S, ...]; history[name] is a list of records, each [S].
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rnn_jax import checkpoint, train
+
+RECORDED = ("loss", "grad_norm", "grad_norm_max", "clipped", "nonfinite")
+EVAL_STREAM = 0x7EA1  # fold_in(key(seed), EVAL_STREAM): evaluation data, apart from training
+
+
+def seed_keys(seed: int, num_seeds: int):
+    """One key per seed: ``split(key(seed), num_seeds)``. Shapes: -> [num_seeds] keys."""
+    if isinstance(num_seeds, bool) or not isinstance(num_seeds, int) or num_seeds < 1:
+        raise ValueError(f"num_seeds must be a positive int, got {num_seeds!r}")
+    return jax.random.split(jax.random.key(seed), num_seeds)
+
+
+def eval_key(seed: int):
+    """The key of an experiment's fresh evaluation data (shared by all its runs and seeds)."""
+    return jax.random.fold_in(jax.random.key(seed), EVAL_STREAM)
+
+
+def check_schedule(num_steps: int, log_every: int, checkpoint_every: int) -> None:
+    """Raises ValueError for step counts that cannot define a run's chunks."""
+    for name, value, low in (("num_steps", num_steps, 1), ("log_every", log_every, 1),
+                             ("checkpoint_every", checkpoint_every, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    if checkpoint_every % log_every:
+        raise ValueError(f"checkpoint_every={checkpoint_every} must be a multiple of "
+                         f"log_every={log_every} (checkpoints are taken at log records)")
+
+
+def _summary(metrics: dict) -> dict:
+    """Per-chunk statistics of the per-step metrics ``[n]`` (finite steps only for the norms)."""
+    ok = metrics["finite"]
+    count = jnp.maximum(jnp.sum(ok), 1)
+    mean = lambda x: jnp.sum(jnp.where(ok, x, 0.0)) / count  # noqa: E731
+    return {
+        "loss": mean(metrics["loss"]),
+        "grad_norm": mean(metrics["grad_norm"]),
+        "grad_norm_max": jnp.max(jnp.where(ok, metrics["grad_norm"], 0.0)),
+        "clipped": jnp.mean(metrics["clipped"].astype(jnp.float32)),
+        "nonfinite": jnp.sum(~ok).astype(jnp.float32),
+    }
+
+
+def _task_id(task) -> str:
+    # Data sets compare by identity and hold arrays: their name stands for them.
+    if type(task).__eq__ is object.__eq__:
+        return f"{type(task).__name__}({getattr(task, 'name', '')})"
+    return repr(task)
+
+
+def _identity(keys, model, task, opt_cfg, batch_size, log_every) -> dict:
+    return json.loads(json.dumps({
+        "keys": np.asarray(jax.random.key_data(keys)).tolist(), "model": repr(model),
+        "task": _task_id(task),
+        "optimizer": dataclasses.asdict(opt_cfg), "batch_size": batch_size,
+        "log_every": log_every}))
+
+
+def _init(keys, model, task, opt_cfg):
+    # Eager on purpose: compiling the initialisers' random draws as one program costs seconds,
+    # while eager primitives are compiled once per shape and shared by every run.
+    optimizer = train.make_optimizer(opt_cfg)
+    return jax.vmap(lambda k: train.init_state(k, model, task, optimizer))(keys)
+
+
+# Module-level jitted functions with the model, task and optimizer as static arguments: jax's
+# compilation cache then serves every run of the same setting in a process (seeds, resumes).
+@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5, 6))
+def _chunk(keys, state, model, task, opt_cfg, batch_size, num_steps):
+    def one(key, st):
+        st, metrics = train.train(key, model, task, opt_cfg, num_steps=num_steps,
+                                  batch_size=batch_size, state=st)
+        return st, _summary(metrics)
+
+    return jax.vmap(one)(keys, state)
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _eval(params, batch, model, task):
+    return jax.vmap(train.make_eval_step(model, task), in_axes=(0, None))(params, batch)
+
+
+def _boundaries(start: int, num_steps: int, log_every: int) -> list[int]:
+    ends = list(range((start // log_every + 1) * log_every, num_steps, log_every))
+    return [*ends, num_steps] if start < num_steps else []
+
+
+def _finite_or_none(x: float):
+    return x if np.isfinite(x) else None  # checkpoint metadata is strict JSON
+
+
+def _host(tree) -> dict:
+    return {k: [_finite_or_none(float(v)) for v in np.asarray(jax.device_get(x)).ravel()]
+            for k, x in tree.items()}
+
+
+def train_seeds(keys, model, task, opt_cfg: train.OptimizerConfig, *, num_steps: int,
+                batch_size: int, log_every: int, checkpoint_dir=None, checkpoint_every: int = 0,
+                probe=None, keep: int | None = 2):
+    """Trains one model per key (vmapped) in chunks; checkpoints and resumes (module docstring).
+
+    ``probe(params) -> dict of [S] arrays`` runs on the host after every chunk (stacked params).
+    Returns ``(state, history)``: the final stacked ``TrainState`` and ``history`` with
+    ``"step"`` (the step of each record) and one list of ``[S]`` values per recorded name
+    (``RECORDED`` and the probe's names).
+    """
+    check_schedule(num_steps, log_every, checkpoint_every)
+    like = jax.eval_shape(lambda k: _init(k, model, task, opt_cfg), keys)
+    identity = _identity(keys, model, task, opt_cfg, batch_size, log_every)
+    start, history = 0, {"step": []}
+    if checkpoint_dir is not None:
+        found = checkpoint.check_compatible(checkpoint_dir, like)
+        if found is not None:
+            meta = checkpoint.read_metadata(checkpoint_dir, step=found)
+            if meta.get("run") != identity:
+                diff = sorted(k for k in identity if meta.get("run", {}).get(k) != identity[k])
+                raise ValueError(f"checkpoint_dir {os.fspath(checkpoint_dir)} holds a different "
+                                 f"run (differs in {diff}); use another directory")
+            if found > num_steps:
+                raise ValueError(f"checkpoint_dir {os.fspath(checkpoint_dir)} is at step {found},"
+                                 f" beyond num_steps={num_steps}")
+            start, history = found, meta["history"]
+    if start:
+        state = checkpoint.restore(checkpoint_dir, like, step=start)[0]
+    else:
+        state = _init(keys, model, task, opt_cfg)
+    step = start
+    for end in _boundaries(start, num_steps, log_every):
+        state, summary = _chunk(keys, state, model, task, opt_cfg, batch_size, end - step)
+        step = end
+        record = {**summary, **(probe(state.params) if probe is not None else {})}
+        history["step"].append(step)
+        for name, value in _host(record).items():
+            history.setdefault(name, []).append(value)
+        if checkpoint_dir is not None and (step == num_steps or (
+                checkpoint_every and step % checkpoint_every == 0)):
+            checkpoint.save(checkpoint_dir, step, state,
+                            metadata={"run": identity, "history": history}, keep=keep)
+    return state, history
+
+
+def evaluate(model, task, params, batches):
+    """``task.metrics`` of every seed's model, averaged over equal-sized ``batches``.
+
+    Shapes: params leaves [S, ...]; each batch unstacked (``xs`` [B, T, ...]) -> dict of [S].
+    """
+    totals = None
+    for batch in batches:
+        out = _eval(params, batch, model, task)
+        totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
+    return {k: np.asarray(v) / len(batches) for k, v in totals.items()}
+
+
+def fresh_batches(task, key, num_examples: int, batch_size: int) -> list[dict]:
+    """``num_examples`` fresh sequences from ``key`` in equal batches (a multiple of the size)."""
+    if num_examples % batch_size:
+        raise ValueError(f"num_examples={num_examples} must be a multiple of the evaluation "
+                         f"batch size {batch_size}")
+    return [_sample(jax.random.fold_in(key, i), task, batch_size)
+            for i in range(num_examples // batch_size)]
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _sample(key, task, batch_size):
+    return task.sample(key, batch_size)
+
+
+def per_seed(history: dict, name: str) -> list[list[float]]:
+    """A recorded curve as ``[S][records]`` (the history stores ``[records][S]``)."""
+    return np.asarray(history[name], dtype=float).T.tolist()
