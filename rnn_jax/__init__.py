@@ -18,16 +18,21 @@ unrolled loss is backpropagation through time, and optax applies the clipped upd
 
 from rnn_jax import initializers
 from rnn_jax.cells import GRU, LSTM, Elman, get_cell, irnn, torch_like
+from rnn_jax.deer import deer_rnn
+from rnn_jax.linear_cells import LRU, MinGRU
 from rnn_jax.model import SequenceModel
 from rnn_jax.rnn import bidirectional, merge_directions, rnn
 from rnn_jax.stack import init_stack, layer_cells, stack
 
 __all__ = [
     "GRU",
+    "LRU",
     "LSTM",
     "Elman",
+    "MinGRU",
     "SequenceModel",
     "bidirectional",
+    "deer_rnn",
     "get_cell",
     "init_stack",
     "initializers",

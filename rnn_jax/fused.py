@@ -33,6 +33,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.custom_derivatives import SymbolicZero
 
 from rnn_jax.cells import lead
@@ -208,8 +209,9 @@ def recurrence(cell, params, carry, xs, *, mask=None, reverse=False, unroll=1):
         raise ValueError(f"the fused path does not support cell {cell!r}; use method='scan'")
     num_steps, batch_shape = xs.shape[0], tuple(xs.shape[1:-1])
     carry0 = jax.tree.map(lambda c: c.reshape(-1, c.shape[-1]), carry)
-    xs2 = xs.reshape(num_steps, -1, xs.shape[-1])
-    m2 = None if mask is None else mask.reshape(num_steps, -1)
+    rows = int(np.prod(batch_shape, dtype=np.int64))  # explicit: T may be 0
+    xs2 = xs.reshape(num_steps, rows, xs.shape[-1])
+    m2 = None if mask is None else mask.reshape(num_steps, rows)
     if reverse:
         xs2 = jnp.flip(xs2, 0)
         m2 = None if m2 is None else jnp.flip(m2, 0)

@@ -179,6 +179,9 @@ def run(cell, params, xs_tm, carry, mask_tm, *, reverse=False, block_b=None):
     bool or None. Returns ``(hs_tm, final_carry, carries_tm)`` with zero outputs on masked steps.
     """
     num_steps, batch_shape, hidden = xs_tm.shape[0], xs_tm.shape[1:-1], cell.hidden_size
+    if num_steps == 0:  # nothing to run: no outputs, the carry unchanged
+        empty = jnp.zeros((0, *batch_shape, hidden), F32)
+        return empty, carry, jax.tree.map(lambda c: jnp.zeros((0, *c.shape), c.dtype), carry)
     u = cell.project(params, xs_tm).astype(F32).reshape(num_steps, -1, cell.num_gates * hidden)
     carry = jax.tree.map(lambda c: c.astype(F32).reshape(-1, hidden), carry)
     batch = u.shape[1]
@@ -201,10 +204,7 @@ def run(cell, params, xs_tm, carry, mask_tm, *, reverse=False, block_b=None):
         states, m = tuple(s[::-1] for s in states), m[::-1]
     h_all = states[0]
     hs = jnp.where(m[..., None] > 0, h_all, 0.0)
-    if num_steps:
-        last = tuple(s[0] if reverse else s[-1] for s in states)
-    else:
-        last = (carry if isinstance(carry, tuple) else (carry,))
+    last = tuple(s[0] if reverse else s[-1] for s in states)
     as_carry = (lambda parts: tuple(parts)) if isinstance(cell, LSTM) else (lambda p: p[0])
     cut = lambda z, lead: z[(slice(None),) * lead + (slice(0, batch),)].reshape(  # noqa: E731
         *z.shape[:lead], *batch_shape, hidden)

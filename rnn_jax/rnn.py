@@ -25,10 +25,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rnn_jax import fused
+from rnn_jax import fused, pallas_rnn
 
 MERGES = ("concat", "sum", "mean")
-METHODS = ("auto", "scan", "fused")
+METHODS = ("auto", "scan", "fused", "pallas", "deer", "quasi_deer")
+# Largest hidden size for which the fused Pallas kernels keep U on chip (issue: H <= 256).
+PALLAS_MAX_HIDDEN = 256
 
 
 # -- validation (before anything is traced) ----------------------------------------------
@@ -116,6 +118,25 @@ def _check_unroll(unroll):
     return n
 
 
+def _select(method, cell, params, *, probes, return_carries, remat) -> str:
+    """The time loop for ``method``: "pallas", "fused" or "scan" (see ``rnn``'s docstring).
+
+    "auto" takes the fused Pallas kernels on a GPU when they support the cell and options and
+    H <= PALLAS_MAX_HIDDEN, else the fused-JVP scan where it applies, else the plain scan.
+    """
+    if method == "pallas":
+        if not pallas_rnn.supported(cell, probes=probes) or remat:
+            raise ValueError(f"method='pallas' does not support {type(cell).__name__} with "
+                             "these options (probes, remat, compute_dtype); use 'auto' or 'scan'")
+        return "pallas"
+    if (method == "auto" and jax.default_backend() == "gpu" and not remat
+            and pallas_rnn.supported(cell, probes=probes)
+            and cell.hidden_size <= PALLAS_MAX_HIDDEN):
+        return "pallas"
+    return fused.select(method, cell, params, probes=probes, return_carries=return_carries,
+                        remat=remat)
+
+
 # -- the runner ------------------------------------------------------------------------------
 def rnn(cell, params, xs, carry=None, *, lengths=None, mask=None, reverse=False,
         time_major=False, unroll=1, probes=None, return_carries=False, remat=False,
@@ -144,7 +165,11 @@ def rnn(cell, params, xs, carry=None, *, lengths=None, mask=None, reverse=False,
         ``lax.scan``; ``"fused"`` (``rnn_jax.fused``) has a hand-written JVP whose BPTT
         computes the weight gradients as single products outside the loop (Elman, LSTM, GRU;
         masks, reverse; not probes, return_carries, remat); ``"auto"`` takes ``"fused"``
-        where it applies, else ``"scan"``. See ``rnn_jax.fused.select``.
+        where it applies, else ``"scan"`` — and on a GPU first ``"pallas"``; ``"pallas"``
+        runs the whole time loop in one fused kernel per direction (``rnn_jax.pallas_rnn``;
+        Elman, LSTM, GRU; Pallas interpret mode off the GPU); ``"deer"`` / ``"quasi_deer"``
+        evaluate the recurrence in parallel over time by Newton iterations
+        (``rnn_jax.deer``; not probes, return_carries, remat).
 
     Returns:
       ``(hs, carry)`` or ``(hs, carry, carries)``: ``hs: [*batch, T, H]``, ``carry`` the final
@@ -154,8 +179,17 @@ def rnn(cell, params, xs, carry=None, *, lengths=None, mask=None, reverse=False,
     unroll = _check_unroll(unroll)
     if method not in METHODS:
         raise ValueError(f"method={method!r} is not supported; expected one of {METHODS}")
-    path = fused.select(method, cell, params, probes=probes, return_carries=return_carries,
-                        remat=remat)
+    if method in ("deer", "quasi_deer"):
+        from rnn_jax import deer  # deer imports this module's validators
+
+        if probes is not None or return_carries or remat:
+            raise ValueError(f"method={method!r} does not support probes, return_carries or "
+                             "remat; use method='scan'")
+        return deer.deer_rnn(cell, params, xs, carry, lengths=lengths, mask=mask,
+                             reverse=reverse, time_major=time_major,
+                             quasi=method == "quasi_deer")
+    path = _select(method, cell, params, probes=probes, return_carries=return_carries,
+                   remat=remat)
     xs_tm = xs if time_major else jnp.moveaxis(xs, -2, 0)  # [T, *batch, I]
     num_steps, batch_shape = xs_tm.shape[0], tuple(xs_tm.shape[1:-1])
     m = _mask_from(lengths, mask, batch_shape, num_steps)
@@ -175,6 +209,12 @@ def rnn(cell, params, xs, carry=None, *, lengths=None, mask=None, reverse=False,
         probes = probes if time_major else jnp.moveaxis(probes, -2, 0)
 
     m_tm = None if m is None else jnp.moveaxis(m, -1, 0)  # [T, *batch]
+    if path == "pallas":
+        hs, final, carries = pallas_rnn.run(cell, params, xs_tm, carry, m_tm, reverse=reverse)
+        if not time_major:
+            hs = jnp.moveaxis(hs, 0, -2)
+            carries = jax.tree.map(lambda c: jnp.moveaxis(c, 0, len(batch_shape)), carries)
+        return (hs, final, carries) if return_carries else (hs, final)
     if path == "fused":  # projects the inputs itself, gate by gate
         hs, final = fused.recurrence(cell, params, carry, xs_tm, mask=m_tm, reverse=reverse,
                                      unroll=unroll)

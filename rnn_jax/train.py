@@ -60,7 +60,8 @@ class OptimizerConfig:
 
     def __post_init__(self):
         if self.name not in OPTIMIZERS:
-            raise ValueError(f"optimizer name={self.name!r} is unknown; expected one of {OPTIMIZERS}")
+            raise ValueError(
+                f"optimizer name={self.name!r} is unknown; expected one of {OPTIMIZERS}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule={self.schedule!r} is unknown; expected one of {SCHEDULES}")
         if self.clip not in CLIPS:
