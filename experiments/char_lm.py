@@ -111,9 +111,9 @@ class Config:
 
 # Two models keep the smoke run short (LSTM: a tuple carry, GRU: an array one); val_chars = the
 # whole validation split, the size of the test split, so both evaluations share one compilation.
-SMOKE = dict(models=("lstm", "gru"), hidden_size=8, embed_size=4, max_chars=20_000, window=8, batch_size=4,
-             num_steps=6, log_every=3, checkpoint_every=3, val_chars=1000, eval_batch_size=4,
-             sample_length=20)
+SMOKE = dict(models=("lstm", "gru"), hidden_size=8, embed_size=4, max_chars=20_000, window=8,
+             batch_size=4, num_steps=6, log_every=3, checkpoint_every=3, val_chars=1000,
+             eval_batch_size=4, sample_length=20)
 
 
 def works(edition: str) -> tuple[str, ...] | None:

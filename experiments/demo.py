@@ -61,7 +61,7 @@ def _cliff(m: dict) -> tuple[str, str]:
     ours = (f"max/median ‖∇E‖ = {_fmt(m['max_over_median_grad'])}; first step from the wall: "
             f"unclipped |Δθ| = {_fmt(m['unclipped_jump'])}, clipped {_fmt(m['clipped_jump'])}")
     paper = ("a wall of huge gradients; an unclipped step jumps far, a clipped one stays local "
-             "(Pascanu et al. 2013, Fig. 6; qualitative)")
+             "(Pascanu et al. 2013, §3; qualitative)")
     return ours, paper
 
 
