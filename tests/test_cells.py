@@ -38,7 +38,7 @@ def random_params(cell, seed, input_size=I, dtype=np.float32):
 
 
 def random_carry(cell, batch_shape, seed, dtype=np.float32):
-    leaves, treedef = jax.tree.flatten(cell.initial_carry(batch_shape))
+    leaves, treedef = jax.tree.flatten(jax.eval_shape(lambda: cell.initial_carry(batch_shape)))
     return jax.tree.unflatten(
         treedef, [jnp.asarray(normal([seed, n], x.shape, 0.5, dtype))
                   for n, x in enumerate(leaves)])
@@ -57,7 +57,10 @@ def ref_step(cell, params, carry, x):
     """The contract's update for one step, in float64 NumPy; returns (carry, h)."""
     p, carry, x = _np(params), _np(carry), np.asarray(x, np.float64)
     h_size = cell.hidden_size
-    blocks = lambda m: [m[..., k * h_size:(k + 1) * h_size] for k in range(m.shape[-1] // h_size)]  # noqa: E731
+
+    def blocks(m):  # the gate blocks of a [..., G*H] array, in order
+        return [m[..., k * h_size:(k + 1) * h_size] for k in range(m.shape[-1] // h_size)]
+
     if isinstance(cell, rj.LSTM):
         h, c = carry
         i, f, g, o = blocks(x @ p["W"] + h @ p["U"] + p["b"])
@@ -192,7 +195,8 @@ def test_batch_axes_are_independent(name):
     """Each example of a [2, 3] batch equals the same example stepped alone."""
     cell = CELLS[name]
     params, carry, x = random_params(cell, 6), random_carry(cell, (2, 3), 7), normal(8, (2, 3, I))
-    batched = cell.step(params, carry, x)
+    carry = jax.tree.map(np.asarray, carry)  # NumPy indexing compiles nothing
+    batched = jax.tree.map(np.asarray, cell.step(params, carry, x))
     for idx in np.ndindex(2, 3):
         alone = cell.step(params, jax.tree.map(lambda c, idx=idx: c[idx], carry), x[idx])
         assert_tree_close(jax.tree.map(lambda b, idx=idx: b[idx], batched), alone)
