@@ -8,7 +8,8 @@ function as the reference (``rj.rnn(..., method="scan")`` at highest matmul prec
 then timed with the others interleaved call by call, so that load on a shared machine hits all
 of them alike:
 
-    ms     = median over repeats of the wall time of one synchronised call (device work done)
+    ms     = median over repeats of the wall time of one synchronised call (device work done;
+             a sample of a fast call averages several calls, so that it lasts >= 10 ms)
     tok_s  = B * T / (ms / 1000)
 
 Compilation is timed separately (``compile_s``); warm-up calls precede the timed ones.
@@ -137,28 +138,36 @@ class Skip(Exception):  # noqa: N818 - a reason, not an error
     """Raised by a builder that cannot run here (no GPU, package missing, cell unsupported)."""
 
 
-def time_interleaved(built: dict, *, warmup: int, repeats: int, seed: int = 0) -> dict:
-    """Wall times (s) of ``repeats`` synchronised calls per implementation, interleaved.
+def time_interleaved(built: dict, *, warmup: int, repeats: int, seed: int = 0,
+                     min_sample_s: float = 0.0) -> tuple[dict, dict]:
+    """Wall times (s per call) of ``repeats`` samples per implementation, interleaved.
 
-    Each round calls every implementation once, in a fresh random order, so that slow phases
-    of a shared machine fall on all implementations alike; ``warmup`` untimed calls each first.
+    Each round takes one sample of every implementation, in a fresh random order, so that slow
+    phases of a shared machine fall on all of them alike. A sample is ``k`` synchronised calls
+    (``k`` chosen after the ``warmup`` calls so that a sample lasts ``min_sample_s``; 1 for
+    calls that long already), divided by ``k``. Returns ``(times, calls_per_sample)``.
     """
-    for b in built.values():
-        for _ in range(warmup):
+    calls = {}
+    for name, b in built.items():
+        start = time.perf_counter()
+        for _ in range(max(warmup, 1)):
             b.sync(b.step())
+        per_call = (time.perf_counter() - start) / max(warmup, 1)
+        calls[name] = max(1, min(1000, int(np.ceil(min_sample_s / max(per_call, 1e-9)))))
     times = {name: [] for name in built}
     order = np.random.default_rng(seed)
-    names = list(built)
     for _ in range(repeats):
-        for name in order.permutation(names):
-            b = built[name]
+        for name in order.permutation(list(built)):
+            b, k = built[name], calls[name]
             start = time.perf_counter()
-            b.sync(b.step())
-            times[name].append(time.perf_counter() - start)
-    return times
+            for _ in range(k):
+                b.sync(b.step())
+            times[name].append((time.perf_counter() - start) / k)
+    return times, calls
 
 
-def record(name: str, problem: Problem, b: Built, seconds: list, max_err: float) -> dict:
+def record(name: str, problem: Problem, b: Built, seconds: list, max_err: float,
+           calls_per_sample: int = 1) -> dict:
     """One results record (``RECORD_KEYS`` plus spread, error and path)."""
     ms = 1e3 * np.asarray(seconds)
     median = float(np.median(ms))
@@ -170,12 +179,13 @@ def record(name: str, problem: Problem, b: Built, seconds: list, max_err: float)
         "compile_s": b.compile_s, "peak_bytes": b.peak_bytes,
         "device": b.device, "precision": b.precision,
         "ms_min": float(ms.min()), "ms_q25": q25, "ms_q75": q75, "repeats": len(seconds),
+        "calls_per_sample": calls_per_sample,
         "max_rel_err": max_err, "path": b.path,
     }
 
 
 def run_point(problem: Problem, builders: dict, *, warmup: int = 3, repeats: int = 20,
-              seed: int = 0) -> dict:
+              seed: int = 0, min_sample_s: float = 0.01) -> dict:
     """Builds, checks and times every implementation on one problem.
 
     ``builders`` maps names to ``builder(problem, data) -> Built`` (raising ``Skip``).
@@ -203,8 +213,10 @@ def run_point(problem: Problem, builders: dict, *, warmup: int = 3, repeats: int
                              "reason": "outputs differ from the reference"})
             continue
         built[name], errors[name] = b, err
-    times = time_interleaved(built, warmup=warmup, repeats=repeats, seed=seed)
-    records = [record(name, problem, built[name], times[name], errors[name]) for name in built]
+    times, calls = time_interleaved(built, warmup=warmup, repeats=repeats, seed=seed,
+                                    min_sample_s=min_sample_s)
+    records = [record(name, problem, built[name], times[name], errors[name], calls[name])
+               for name in built]
     return {"records": records, "skipped": skipped, "rejected": rejected}
 
 

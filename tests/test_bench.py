@@ -59,9 +59,12 @@ def test_relative_error_and_tolerances():
 def test_interleaved_timing_calls_every_implementation_alike():
     counter = {}
     built = {name: fake(counter, name) for name in ("a", "b", "c")}
-    times = bench.time_interleaved(built, warmup=2, repeats=5)
-    assert counter == {"a": 7, "b": 7, "c": 7}
+    times, calls = bench.time_interleaved(built, warmup=2, repeats=5)
+    assert counter == {"a": 7, "b": 7, "c": 7} and calls == {"a": 1, "b": 1, "c": 1}
     assert all(len(t) == 5 and min(t) >= 0 for t in times.values())
+    counter.clear()
+    times, calls = bench.time_interleaved(built, warmup=2, repeats=5, min_sample_s=1e-3)
+    assert all(counter[n] == 2 + 5 * calls[n] and calls[n] > 1 for n in built)
 
 
 def test_run_point_rejects_a_wrong_implementation_before_timing():
