@@ -60,14 +60,19 @@ def check_schedule(num_steps: int, log_every: int, checkpoint_every: int) -> Non
 
 
 def _summary(metrics: dict) -> dict:
-    """Per-chunk statistics of the per-step metrics ``[n]`` (finite steps only for the norms)."""
+    """Per-chunk statistics of the per-step metrics ``[n]`` over finite steps (NaN if none)."""
     ok = metrics["finite"]
-    count = jnp.maximum(jnp.sum(ok), 1)
-    mean = lambda x: jnp.sum(jnp.where(ok, x, 0.0)) / count  # noqa: E731
+    count = jnp.sum(ok)
+
+    def mean(x):  # NaN, not 0, when every step of the chunk was skipped as non-finite
+        total = jnp.sum(jnp.where(ok, x, 0.0))
+        return jnp.where(count > 0, total / jnp.maximum(count, 1), jnp.nan)
+
     return {
         "loss": mean(metrics["loss"]),
         "grad_norm": mean(metrics["grad_norm"]),
-        "grad_norm_max": jnp.max(jnp.where(ok, metrics["grad_norm"], 0.0)),
+        "grad_norm_max": jnp.where(count > 0, jnp.max(jnp.where(ok, metrics["grad_norm"], 0.0)),
+                                   jnp.nan),
         "clipped": jnp.mean(metrics["clipped"].astype(jnp.float32)),
         "nonfinite": jnp.sum(~ok).astype(jnp.float32),
     }
