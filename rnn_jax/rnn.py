@@ -157,7 +157,8 @@ def rnn(cell, params, xs, carry=None, *, lengths=None, mask=None, reverse=False,
       reverse: visit positions from last to first; outputs stay aligned with input positions.
       time_major: layout of ``xs``, ``hs``, ``probes`` and ``carries``.
       unroll: scan unroll factor (speed only, never results).
-      probes: ``[*batch, T, H]`` additive perturbation of the hidden state (see module doc).
+      probes: ``[*batch, T, H]`` additive perturbation of the hidden state (see module doc),
+        used in the carry's dtype (its gradient comes back in the probes' own dtype).
       return_carries: also return the carry after every step.
       remat: recompute each step in the backward pass instead of storing its intermediates
         (``jax.checkpoint``): the same results with less memory on long sequences.
@@ -207,6 +208,8 @@ def rnn(cell, params, xs, carry=None, *, lengths=None, mask=None, reverse=False,
         if _shape_of(probes) != want:
             raise ValueError(f"probes must have shape {want}, got {_shape_of(probes)}")
         probes = probes if time_major else jnp.moveaxis(probes, -2, 0)
+        # in the carry's dtype, so the scan carry keeps its type (x64 makes plain zeros float64)
+        probes = jnp.asarray(probes).astype(carry_dtype)
 
     m_tm = None if m is None else jnp.moveaxis(m, -1, 0)  # [T, *batch]
     if path == "pallas":

@@ -587,3 +587,24 @@ def test_bad_input_time_major_and_bidirectional(lstm_case):
     with pytest.raises(ValueError, match=r"params must be a dict with keys 'fwd' and 'bwd', "
                                          r"got \['b', 'f'\]"):
         rj.bidirectional(cell, cell, {"f": case["params"], "b": case["params"]}, case["xs"])
+
+
+def test_float64_probes_on_a_float32_run():
+    # Under x64 plain zeros are float64: the probes take the carry's dtype, the gradient
+    # comes back in theirs, and it equals the float32 probes' gradient.
+    cell = rj.Elman(4)
+    params = cell.init(jax.random.key(0), 3)
+    xs = jax.random.normal(jax.random.key(1), (2, 5, 3), jnp.float32)
+
+    def grad(probes):
+        return jax.grad(lambda pr: jnp.sum(rj.rnn(cell, params, xs, probes=pr)[0] ** 2))(probes)
+
+    want = grad(jnp.zeros((2, 5, 4), jnp.float32))
+    with jax.enable_x64(True):
+        probes = jnp.zeros((2, 5, 4))
+        assert probes.dtype == jnp.float64
+        got = grad(probes)
+        assert got.dtype == jnp.float64
+        hs, _ = rj.rnn(cell, params, xs, probes=probes)
+        assert hs.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6)
