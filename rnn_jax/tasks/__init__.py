@@ -1,6 +1,6 @@
 """Tasks: synthetic long-range problems and real data sets, each sampled from a key.
 
-Every task follows one protocol (see ``synthetic.py``): ``input_size``, ``output_size``,
+Every task follows one protocol (see ``protocol.py``): ``input_size``, ``output_size``,
 ``readout`` ("last" | "all"), ``kind`` ("regression" | "classification"), ``token_inputs``,
 ``seq_len``, ``sample(key, batch_size) -> {"xs", "ys", "mask"}`` (pure, jit/vmap-able),
 ``loss(outputs, batch)``, ``metrics(outputs, batch)`` and the chance-level loss ``baseline``.
@@ -11,8 +11,11 @@ Data-set tasks add ``split(name)``.
 
 from types import MappingProxyType
 
+from .adding import Adding
+from .copy_memory import CopyMemory
 from .datasets import SequenceDataset, digits_task, mnist1d_task, sequence_dataset
-from .synthetic import Adding, CopyMemory, TemporalOrder, validate_batch_size, validate_key
+from .protocol import validate_batch_size, validate_key
+from .temporal_order import TemporalOrder
 from .text import (
     CharLM,
     char_lm_task,

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import losses
-from .synthetic import validate_batch_size, validate_key
+from .protocol import validate_batch_size, validate_key
 
 __all__ = [
     "shakespeare_works",
