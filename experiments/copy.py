@@ -10,6 +10,8 @@ strategy (blanks, then uniform guesses) scores ``baseline = 10 ln 8 / (T + 20)``
                 2016 on why orthogonality suits copying)
     identity    ReLU RNN with U = I (the IRNN of Le et al. 2015)
     lstm        LSTM, orthogonal U blocks, forget-gate bias 1
+    lstm_chrono LSTM with the chrono initialisation (Tallec & Ollivier 2018) for time scales up
+                to the sequence length T + 2 * copy_len (b_f = log U(1, T_max - 1), b_i = -b_f)
     gru         GRU, orthogonal U blocks
 
 The paper trains with RMSProp (learning rate 1e-3, decay 0.9, batch 20) for many thousand
@@ -34,7 +36,7 @@ from rnn_jax.model import SequenceModel
 from rnn_jax.tasks import CopyMemory
 from rnn_jax.train import OptimizerConfig
 
-MODELS = ("tanh", "orthogonal", "identity", "lstm", "gru")
+MODELS = ("tanh", "orthogonal", "identity", "lstm", "lstm_chrono", "gru")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,13 +84,15 @@ class Config:
                                clip="global_norm", clip_threshold=self.clip_threshold)
 
 
-SMOKE = dict(delay=5, copy_len=3, models=("tanh", "lstm"), hidden_size=8, num_seeds=2,
-             batch_size=8, num_steps=10, log_every=5, checkpoint_every=5, eval_examples=64,
-             eval_batch_size=64)
+SMOKE = dict(delay=5, copy_len=3, models=("tanh", "lstm", "lstm_chrono"), hidden_size=8,
+             num_seeds=2, batch_size=8, num_steps=10, log_every=5, checkpoint_every=5,
+             eval_examples=64, eval_batch_size=64)
 
 
-def make_cell(name: str, hidden_size: int):
+def make_cell(name: str, hidden_size: int, seq_len: int = 120):
     """The recurrent cell of model ``name`` (see the module docstring)."""
+    if name == "lstm_chrono":
+        return LSTM(hidden_size, chrono_max=float(seq_len))
     if name == "tanh":
         return torch_like(Elman, hidden_size)
     if name == "orthogonal":
@@ -106,7 +110,8 @@ def run(cfg: Config) -> dict:
                                      cfg.eval_batch_size)
     out = {"test_ce": {}, "test_ce_per_seed": {}, "test_copy_accuracy": {}, "curves": {}}
     for name in cfg.models:
-        model = SequenceModel(make_cell(name, cfg.hidden_size), task.output_size, readout="all")
+        cell = make_cell(name, cfg.hidden_size, task.seq_len)
+        model = SequenceModel(cell, task.output_size, readout="all")
         ckpt = None if cfg.checkpoint_dir is None else os.path.join(cfg.checkpoint_dir, name)
         state, hist = training.train_seeds(
             keys, model, task, cfg.optimizer_config(), num_steps=cfg.num_steps,
@@ -150,6 +155,13 @@ def report(metrics: dict, cfg: Config) -> str:
         ce = metrics["test_ce"][name]
         acc = float(np.mean(metrics["test_copy_accuracy"][name]))
         lines.append(f"| {name} | {ce:.4f} | {ce / base:.2f} | {acc:.3f} |")
+    ratio = {name: metrics["test_ce"][name] / base for name in cfg.models}
+    below = [name for name in cfg.models if ratio[name] < 0.5] or ["none"]
+    at = [name for name in cfg.models if ratio[name] >= 0.95] or ["none"]
     lines += ["", "Reference (Arjovsky et al. 2016, and the issue's target): at T = 100 the tanh "
-              "RNN stays at the baseline while LSTM and GRU go below half of it."]
+              "RNN stays at the baseline while LSTM and GRU go below half of it.", "",
+              f"Here: below half of the baseline: {', '.join(below)}; still at the baseline "
+              f"(>= 0.95 of it): {', '.join(at)}. The paper's runs are far longer than this "
+              "CPU budget; a plain LSTM sits on the baseline plateau for thousands of steps, and "
+              "the chrono initialisation shortens that plateau (``lstm_chrono``)."]
     return "\n".join(lines)

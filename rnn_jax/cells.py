@@ -188,15 +188,35 @@ class LSTM(_Cell):
 
     Params: ``{"W": [I, 4H], "U": [H, 4H], "b": [4H]}``; ``forget_bias`` is added to the f slice
     of b at init (Jozefowicz, Zaremba, Sutskever 2015 recommend 1). Carry: ``(h, c)``.
+
+    ``chrono_max = T_max`` instead sets the chrono initialisation (Tallec & Ollivier 2018, "Can
+    recurrent neural networks warp time?"): per unit, b_f = log(u), u ~ U(1, T_max - 1), and
+    b_i = -b_f, so that at init the cell forgets with characteristic times 1 / (1 - sigma(b_f))
+    = 1 + u spread over [2, T_max]: memory for the time scales the task needs.
     """
 
     forget_bias: float = 1.0
+    chrono_max: float | None = None
     num_gates = 4
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.chrono_max is not None and not self.chrono_max > 2:
+            raise ValueError(f"chrono_max must be > 2 (the longest time scale, in steps), got "
+                             f"{self.chrono_max!r}")
 
     def init(self, key, input_size: int) -> dict:
         params = self._init_common(key, input_size)
         h = self.hidden_size
-        params["b"] = params["b"].at[h:2 * h].add(self.forget_bias)
+        b = params["b"]
+        if self.chrono_max is None:
+            b = b.at[h:2 * h].add(self.forget_bias)
+        else:  # its own stream: W, U and the other biases are those of the plain init
+            u = jax.random.uniform(jax.random.fold_in(key, 0xC4), (h,), jnp.float32, 1.0,
+                                   self.chrono_max - 1.0)
+            b_f = jnp.log(u).astype(b.dtype)
+            b = b.at[h:2 * h].set(b_f).at[:h].set(-b_f)
+        params["b"] = b
         return params
 
     def initial_carry(self, batch_shape=(), dtype=jnp.float32):

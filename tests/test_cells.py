@@ -132,6 +132,30 @@ def test_lstm_forget_bias_is_added_to_the_f_slice():
     np.testing.assert_array_equal(p1["U"], p0["U"])
 
 
+def test_lstm_chrono_init_spreads_forgetting_times_over_the_range():
+    t_max, h = 120.0, 2000
+    key = jax.random.key(5)
+    cell = rj.LSTM(h, chrono_max=t_max, bias_init="torch")
+    p = cell.init(key, I)
+    b_i, b_f, b_g, b_o = np.split(np.asarray(p["b"], np.float64), 4)
+    np.testing.assert_array_equal(b_i, -b_f)
+    times = 1.0 + np.exp(b_f)  # 1 / (1 - sigmoid(b_f))
+    assert times.min() >= 2.0 - 1e-4 and times.max() <= t_max + 1e-3
+    # u = e^{b_f} is uniform on [1, T_max - 1]: its mean and spread, within sampling error
+    u = np.exp(b_f)
+    assert abs(u.mean() - t_max / 2) < 4 * (t_max - 2) / np.sqrt(12 * h)
+    assert abs(u.std() - (t_max - 2) / np.sqrt(12)) < 0.1 * (t_max - 2) / np.sqrt(12)
+    # everything else is the plain initialisation from the same key
+    plain = rj.LSTM(h, bias_init="torch", forget_bias=0.0).init(key, I)
+    np.testing.assert_array_equal(p["W"], plain["W"])
+    np.testing.assert_array_equal(p["U"], plain["U"])
+    np.testing.assert_array_equal(np.split(np.asarray(p["b"]), 4)[2],
+                                  np.split(np.asarray(plain["b"]), 4)[2])
+    for bad in (2.0, 1.0, -5.0):
+        with pytest.raises(ValueError, match="chrono_max"):
+            rj.LSTM(h, chrono_max=bad)
+
+
 def test_gru_has_separate_b_hn():
     params = rj.GRU(H, bias_init="torch").init(jax.random.key(0), I)
     assert params["b_hn"].shape == (H,)
