@@ -44,7 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import harness
+from experiments import harness, training
 from rnn_jax import checkpoint, generate, tbptt, train
 from rnn_jax.cells import GRU, LSTM, Elman
 from rnn_jax.model import SequenceModel
@@ -80,9 +80,7 @@ class Config:
     checkpoint_every: int = 500
 
     def __post_init__(self):
-        unknown = [m for m in self.models if m not in MODELS]
-        if not self.models or unknown or len(set(self.models)) != len(self.models):
-            raise ValueError(f"models must be distinct names from {MODELS}, got {self.models!r}")
+        harness.check_models(self.models, MODELS)
         if self.edition not in EDITIONS:
             raise ValueError(f"edition must be one of {EDITIONS}, got {self.edition!r}")
         for name in ("hidden_size", "embed_size", "window", "batch_size", "num_steps",
@@ -212,23 +210,14 @@ def fit(name: str, cfg: Config, task, val_stream):
     carries = model.initial_carries((cfg.batch_size,))
     ckpt = None if cfg.checkpoint_dir is None else os.path.join(cfg.checkpoint_dir, name)
     identity = _identity(name, cfg, model)
-    start, history = 0, {"step": [], "train_loss": [], "grad_norm": [], "grad_norm_max": [],
-                         "clipped": [], "nonfinite": [], "val_loss": []}
     like = {"state": state, "carries": carries}
-    if ckpt is not None and checkpoint.check_compatible(ckpt, like) is not None:
-        found = checkpoint.latest_step(ckpt)
-        meta = checkpoint.read_metadata(ckpt, step=found)
-        if meta.get("run") != identity:
-            raise ValueError(f"checkpoint_dir {ckpt} holds a different run; use another "
-                             "directory")
-        if found > cfg.num_steps:
-            raise ValueError(f"checkpoint_dir {ckpt} is at step {found}, beyond "
-                             f"num_steps={cfg.num_steps}")
-        restored = checkpoint.restore(ckpt, like, step=found)[0]
+    start, restored, history = training.resume(ckpt, like, identity, cfg.num_steps)
+    if restored is None:
+        history = {"step": [], "train_loss": [], "grad_norm": [], "grad_norm_max": [],
+                   "clipped": [], "nonfinite": [], "val_loss": []}
+    else:
         state, carries = restored["state"], restored["carries"]
-        start, history = found, meta["history"]
-    ends = [*range((start // cfg.log_every + 1) * cfg.log_every, cfg.num_steps, cfg.log_every),
-            cfg.num_steps] if start < cfg.num_steps else []
+    ends = training.boundaries(start, cfg.num_steps, cfg.log_every)
     step = start
     for end in ends:
         state, carries, m = _chunk(state, carries, stream, model, opt_cfg, cfg.window,

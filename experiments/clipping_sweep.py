@@ -41,7 +41,6 @@ import dataclasses
 import functools
 import json
 import math
-import os
 
 import jax
 import jax.numpy as jnp
@@ -83,16 +82,12 @@ class Config:
         if not m or len(set(m)) != len(m) or any(not (x > 0) for x in m):
             raise ValueError(f"multiples must be distinct positive numbers (inf allowed), "
                              f"got {m!r}")
-        for name in ("hidden_size", "batch_size", "num_seeds", "calib_steps",
-                     "eval_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        harness.check_positive(self, ("hidden_size", "batch_size", "num_seeds", "calib_steps",
+                                      "eval_batch_size"))
         for name in ("spectral_radius", "learning_rate", "divergence_factor"):
             if not (getattr(self, name) > 0 and math.isfinite(getattr(self, name))):
                 raise ValueError(f"{name} must be a finite number > 0, got {getattr(self, name)}")
-        if self.eval_examples < 1 or self.eval_examples % self.eval_batch_size:
-            raise ValueError(f"eval_examples={self.eval_examples} must be a positive multiple "
-                             f"of eval_batch_size={self.eval_batch_size}")
+        harness.check_eval_batches(self.eval_examples, self.eval_batch_size)
         Adding(seq_len=self.seq_len)  # validates the length
         training.check_schedule(self.num_steps, self.log_every, self.checkpoint_every)
 
@@ -197,23 +192,15 @@ def _host(tree) -> dict:
 def sweep(cfg: Config, keys, taus, model, task):
     """Trains every (multiple, seed) run in chunks, with checkpoints and exact resume."""
     state = _stacked_init(keys, model, task, cfg)
-    start, history = 0, {"step": []}
     identity = _identity(cfg)
     ckpt = cfg.checkpoint_dir
-    if ckpt is not None and checkpoint.check_compatible(ckpt, state) is not None:
-        found = checkpoint.latest_step(ckpt)
-        meta = checkpoint.read_metadata(ckpt, step=found)
-        if meta.get("run") != identity:
-            raise ValueError(f"checkpoint_dir {os.fspath(ckpt)} holds a different run; use "
-                             "another directory")
-        if found > cfg.num_steps:
-            raise ValueError(f"checkpoint_dir {os.fspath(ckpt)} is at step {found}, beyond "
-                             f"num_steps={cfg.num_steps}")
-        state = checkpoint.restore(ckpt, state, step=found)[0]
-        start, history = found, meta["history"]
+    start, restored, history = training.resume(ckpt, state, identity, cfg.num_steps)
+    if restored is None:
+        history = {"step": []}
+    else:
+        state = restored
     step = start
-    ends = [*range((start // cfg.log_every + 1) * cfg.log_every, cfg.num_steps, cfg.log_every),
-            cfg.num_steps] if start < cfg.num_steps else []
+    ends = training.boundaries(start, cfg.num_steps, cfg.log_every)
     for end in ends:
         state, summary, _ = _chunk(keys, taus, state, model, task, cfg.learning_rate,
                                 cfg.batch_size, end - step)

@@ -29,7 +29,7 @@ import os
 
 import numpy as np
 
-from experiments import training
+from experiments import harness, training
 from rnn_jax import plotting
 from rnn_jax.cells import GRU, LSTM, Elman, irnn, torch_like
 from rnn_jax.model import SequenceModel
@@ -62,17 +62,11 @@ class Config:
     checkpoint_every: int = 500
 
     def __post_init__(self):
-        unknown = [m for m in self.models if m not in MODELS]
-        if not self.models or unknown or len(set(self.models)) != len(self.models):
-            raise ValueError(f"models must be distinct names from {MODELS}, got {self.models!r}")
+        harness.check_models(self.models, MODELS)
         self.task()  # validates delay, num_symbols, copy_len
-        for name in ("hidden_size", "num_seeds", "batch_size", "eval_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        harness.check_positive(self, ("hidden_size", "num_seeds", "batch_size", "eval_batch_size"))
         self.optimizer_config()  # validates optimizer, learning rate, clip threshold
-        if self.eval_examples < 1 or self.eval_examples % self.eval_batch_size:
-            raise ValueError(f"eval_examples={self.eval_examples} must be a positive multiple "
-                             f"of eval_batch_size={self.eval_batch_size}")
+        harness.check_eval_batches(self.eval_examples, self.eval_batch_size)
         training.check_schedule(self.num_steps, self.log_every, self.checkpoint_every)
 
     def task(self) -> CopyMemory:

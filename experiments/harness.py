@@ -58,6 +58,28 @@ def load(name: str) -> types.ModuleType:
     return module
 
 
+# -- checks shared by the experiments' Config.__post_init__ -----------------------------------
+def check_models(models, allowed) -> None:
+    """``models`` must be a non-empty tuple of distinct names from ``allowed``."""
+    unknown = [m for m in models if m not in allowed]
+    if not models or unknown or len(set(models)) != len(models):
+        raise ValueError(f"models must be distinct names from {tuple(allowed)}, got {models!r}")
+
+
+def check_positive(cfg, names) -> None:
+    """Each field of ``cfg`` named in ``names`` must be >= 1."""
+    for name in names:
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+
+
+def check_eval_batches(eval_examples: int, eval_batch_size: int) -> None:
+    """Evaluation runs on whole batches: ``eval_examples`` a positive multiple of the size."""
+    if eval_examples < 1 or eval_examples % eval_batch_size:
+        raise ValueError(f"eval_examples={eval_examples} must be a positive multiple "
+                         f"of eval_batch_size={eval_batch_size}")
+
+
 # -- config values from the command line ------------------------------------------------------
 def _parse_value(name: str, text: str, tp):
     origin, args = typing.get_origin(tp), typing.get_args(tp)

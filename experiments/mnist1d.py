@@ -26,7 +26,7 @@ from typing import ClassVar
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import training
+from experiments import harness, training
 from rnn_jax import initializers, plotting
 from rnn_jax.cells import GRU, LSTM, Elman, lead, torch_like
 from rnn_jax.model import SequenceModel
@@ -80,12 +80,8 @@ class Config:
     checkpoint_every: int = 1000
 
     def __post_init__(self):
-        unknown = [m for m in self.models if m not in MODELS]
-        if not self.models or unknown or len(set(self.models)) != len(self.models):
-            raise ValueError(f"models must be distinct names from {MODELS}, got {self.models!r}")
-        for name in ("hidden_size", "num_seeds", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        harness.check_models(self.models, MODELS)
+        harness.check_positive(self, ("hidden_size", "num_seeds", "batch_size"))
         self.optimizer_config()  # validates the learning rate
         training.check_schedule(self.num_steps, self.log_every, self.checkpoint_every)
 

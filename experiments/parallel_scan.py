@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 import rnn_jax as rj
+from experiments import harness
 from rnn_jax import deer
 
 METHODS = ("sequential", "deer", "quasi_deer")
@@ -48,9 +49,8 @@ class Config:
         bad = [m for m in self.methods if m not in METHODS]
         if bad or not self.methods:
             raise ValueError(f"methods must be a non-empty subset of {METHODS}, got {self.methods}")
-        for name in ("input_size", "hidden_size", "h_sweep_length", "repeats", "max_iter"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        harness.check_positive(
+            self, ("input_size", "hidden_size", "h_sweep_length", "repeats", "max_iter"))
         if not self.lengths or min(self.lengths) < 1 or min(self.hidden_sizes, default=1) < 1:
             raise ValueError(f"lengths and hidden_sizes must be positive, got {self.lengths}, "
                              f"{self.hidden_sizes}")

@@ -25,7 +25,7 @@ import os
 import jax
 import numpy as np
 
-from experiments import training
+from experiments import harness, training
 from rnn_jax import plotting
 from rnn_jax.cells import Elman
 from rnn_jax.model import SequenceModel
@@ -63,18 +63,14 @@ class Config:
                              f"got {self.seq_lens!r}")
         if len(set(self.seq_lens)) != len(self.seq_lens):
             raise ValueError(f"seq_lens must not repeat a length, got {self.seq_lens!r}")
-        for name in ("num_seeds", "hidden_size", "batch_size", "eval_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        harness.check_positive(self, ("num_seeds", "hidden_size", "batch_size", "eval_batch_size"))
         if not (self.learning_rate > 0 and self.clip_threshold > 0 and self.spectral_radius > 0):
             raise ValueError("learning_rate, clip_threshold and spectral_radius must be > 0, got "
                              f"{self.learning_rate}, {self.clip_threshold}, "
                              f"{self.spectral_radius}")
         if not 0 < self.success_error < 1:
             raise ValueError(f"success_error must be in (0, 1), got {self.success_error}")
-        if self.eval_examples < 1 or self.eval_examples % self.eval_batch_size:
-            raise ValueError(f"eval_examples={self.eval_examples} must be a positive multiple "
-                             f"of eval_batch_size={self.eval_batch_size}")
+        harness.check_eval_batches(self.eval_examples, self.eval_batch_size)
         TemporalOrder(seq_len=self.seq_lens[0], num_bits=self.num_bits)  # validates num_bits
         training.check_schedule(self.num_steps, self.log_every, self.checkpoint_every)
 

@@ -117,9 +117,31 @@ def _eval(params, batch, model, task):
     return jax.vmap(train.make_eval_step(model, task), in_axes=(0, None))(params, batch)
 
 
-def _boundaries(start: int, num_steps: int, log_every: int) -> list[int]:
+def boundaries(start: int, num_steps: int, log_every: int) -> list[int]:
+    """The ends of the chunks after step ``start``: multiples of ``log_every``, and num_steps."""
     ends = list(range((start // log_every + 1) * log_every, num_steps, log_every))
     return [*ends, num_steps] if start < num_steps else []
+
+
+def resume(checkpoint_dir, like, identity: dict, num_steps: int):
+    """``(step, state, history)`` of the newest checkpoint of this run, or ``(0, None, None)``.
+
+    ``like`` is the saved tree's template and ``identity`` the run's JSON identity, stored as
+    ``metadata["run"]`` beside ``metadata["history"]``. A checkpoint of a different run, or
+    one beyond ``num_steps``, raises ValueError (nothing is written or removed).
+    """
+    found = None if checkpoint_dir is None else checkpoint.check_compatible(checkpoint_dir, like)
+    if found is None:
+        return 0, None, None
+    meta = checkpoint.read_metadata(checkpoint_dir, step=found)
+    if meta.get("run") != identity:
+        diff = sorted(k for k in identity if meta.get("run", {}).get(k) != identity[k])
+        raise ValueError(f"checkpoint_dir {os.fspath(checkpoint_dir)} holds a different run "
+                         f"(differs in {diff}); use another directory")
+    if found > num_steps:
+        raise ValueError(f"checkpoint_dir {os.fspath(checkpoint_dir)} is at step {found}, "
+                         f"beyond num_steps={num_steps}")
+    return found, checkpoint.restore(checkpoint_dir, like, step=found)[0], meta["history"]
 
 
 def _finite_or_none(x: float):
@@ -144,25 +166,11 @@ def train_seeds(keys, model, task, opt_cfg: train.OptimizerConfig, *, num_steps:
     check_schedule(num_steps, log_every, checkpoint_every)
     like = jax.eval_shape(lambda k: _init(k, model, task, opt_cfg), keys)
     identity = _identity(keys, model, task, opt_cfg, batch_size, log_every)
-    start, history = 0, {"step": []}
-    if checkpoint_dir is not None:
-        found = checkpoint.check_compatible(checkpoint_dir, like)
-        if found is not None:
-            meta = checkpoint.read_metadata(checkpoint_dir, step=found)
-            if meta.get("run") != identity:
-                diff = sorted(k for k in identity if meta.get("run", {}).get(k) != identity[k])
-                raise ValueError(f"checkpoint_dir {os.fspath(checkpoint_dir)} holds a different "
-                                 f"run (differs in {diff}); use another directory")
-            if found > num_steps:
-                raise ValueError(f"checkpoint_dir {os.fspath(checkpoint_dir)} is at step {found},"
-                                 f" beyond num_steps={num_steps}")
-            start, history = found, meta["history"]
-    if start:
-        state = checkpoint.restore(checkpoint_dir, like, step=start)[0]
-    else:
-        state = _init(keys, model, task, opt_cfg)
+    start, state, history = resume(checkpoint_dir, like, identity, num_steps)
+    if state is None:
+        state, history = _init(keys, model, task, opt_cfg), {"step": []}
     step = start
-    for end in _boundaries(start, num_steps, log_every):
+    for end in boundaries(start, num_steps, log_every):
         state, summary = _chunk(keys, state, model, task, opt_cfg, batch_size, end - step)
         step = end
         record = {**summary, **(probe(state.params) if probe is not None else {})}

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import rnn_jax as rj
+from experiments import harness
 from rnn_jax import diagnostics as dg
 
 ACTIVATIONS = {"tanh": "tanh", "linear": "identity"}
@@ -50,10 +51,8 @@ class Config:
     floor: float = 1e-30  # norms below it (float32 components near underflow) are not used
 
     def __post_init__(self):
-        for name in ("hidden_size", "input_size", "batch_size", "jacobian_lags",
-                     "jacobian_batch", "power_iters"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        harness.check_positive(self, ("hidden_size", "input_size", "batch_size", "jacobian_lags",
+                                      "jacobian_batch", "power_iters"))
         if self.seq_len < 3:
             raise ValueError(f"seq_len must be >= 3, got {self.seq_len}")
         if not self.gains or any(g <= 0 for g in self.gains):

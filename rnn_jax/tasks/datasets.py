@@ -189,6 +189,16 @@ def _carve_validation(train_rows, validation_size):
     return train_rows[:cut], train_rows[cut:]
 
 
+def _split_arrays(xs, ys, train_rows, validation_size, test_rows) -> dict:
+    """``{split: (xs, ys, rows)}``: train, validation (the last ``validation_size`` of the train
+    rows, when > 0) and test, for :func:`sequence_dataset`."""
+    train, val = _carve_validation(train_rows, validation_size)
+    splits = {"train": train, "validation": val, "test": test_rows}
+    if not validation_size:
+        del splits["validation"]
+    return {name: (xs[rows], ys[rows], rows) for name, rows in splits.items()}
+
+
 def mnist1d_task(*, validation_size=0, seed=42):
     """MNIST-1D: 40-step, 1-feature sequences of 10 classes, generated offline.
 
@@ -219,14 +229,10 @@ def mnist1d_task(*, validation_size=0, seed=42):
         np.random.set_state(np_state)
         random.setstate(py_state)
     n_train = len(data["y"])
-    train, val = _carve_validation(np.arange(n_train), validation_size)
     test = np.arange(n_train, n_train + len(data["y_test"]))
     xs = np.concatenate([data["x"], data["x_test"]])
     ys = np.concatenate([data["y"], data["y_test"]])
-    arrays = {"train": (xs[train], ys[train], train)}
-    if validation_size:
-        arrays["validation"] = (xs[val], ys[val], val)
-    arrays["test"] = (xs[test], ys[test], test)
+    arrays = _split_arrays(xs, ys, np.arange(n_train), validation_size, test)
     desc = "MNIST-1D (Greydanus & Kobak 2024): 40 steps x 1 feature, 10 classes"
     return sequence_dataset("mnist1d", arrays, 10, description=desc)
 
@@ -264,11 +270,6 @@ def digits_task(*, test_fraction=0.2, validation_size=0, seed=0):
             f"test_fraction: gives {n_test} test examples out of {n}; expected 1 .. {n - 1}"
         )
     order = np.random.default_rng(seed).permutation(n)
-    train, val = _carve_validation(order[: n - n_test], validation_size)
-    test = order[n - n_test :]
-    arrays = {"train": (xs[train], ys[train], train)}
-    if validation_size:
-        arrays["validation"] = (xs[val], ys[val], val)
-    arrays["test"] = (xs[test], ys[test], test)
+    arrays = _split_arrays(xs, ys, order[: n - n_test], validation_size, order[n - n_test :])
     desc = "sklearn digits as 64-step pixel sequences (row-major), 10 classes"
     return sequence_dataset("digits", arrays, 10, description=desc)

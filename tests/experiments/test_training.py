@@ -39,7 +39,7 @@ def test_summary_of_a_chunk_with_no_finite_step_is_nan_not_zero():
     (0, 10, 3, [3, 6, 9, 10]), (0, 9, 3, [3, 6, 9]), (4, 10, 3, [6, 9, 10]),
     (6, 10, 3, [9, 10]), (10, 10, 3, []), (0, 2, 5, [2])])
 def test_chunk_boundaries_do_not_depend_on_the_start(start, num_steps, log_every, expected):
-    assert training._boundaries(start, num_steps, log_every) == expected
+    assert training.boundaries(start, num_steps, log_every) == expected
 
 
 def test_seed_keys_are_distinct_and_checked():
