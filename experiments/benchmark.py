@@ -7,6 +7,7 @@ weights and inputs. Each implementation is checked against the reference before 
 ``repeats`` synchronised calls is reported, compile time separately.
 
     python -m experiments run benchmark --suite quick|cpu|gpu [--cells lstm,gru] [--impls ...]
+        [--profile true]      (also: where rnn_jax's step spends its time, op by op)
 
 Implementation names: ``rnn_jax`` (``rj.rnn`` with no options), ``rnn_jax:<method>[-u<unroll>]
 [-highest]``, ``flax_linen``, ``torch``, ``torch:tf32``, ``jax_experimental_rnn``.
@@ -68,6 +69,7 @@ class Config:
     repeats: int = 20
     warmup: int = 3
     seed: int = 0
+    profile: bool = False  # also break rnn_jax's step down by XLA operation (rnn_jax.op_profile)
 
     def __post_init__(self):
         if self.suite not in bench.SUITES:
@@ -80,6 +82,8 @@ class Config:
         bench_impls.get_builders(self.impls)  # unknown names fail here, before any run
         for size in self.sizes:
             bench.parse_size(size)
+        if not isinstance(self.profile, bool):
+            raise ValueError(f"profile must be true or false, got {self.profile!r}")
         if self.repeats < 1 or self.warmup < 0:
             raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {self.repeats}, "
                              f"{self.warmup}")
@@ -122,19 +126,21 @@ def run(cfg: Config) -> dict:
     impls = cfg.impls or SUITE_IMPLS[cfg.suite]
     builders = bench_impls.get_builders(impls)
     load_start = os.getloadavg()
-    records, skipped, rejected = [], [], []
+    records, skipped, rejected, profiles = [], [], [], []
     for b, t, h in sizes_of(cfg):
         for cell in cfg.cells:
             for mode in cfg.modes:
                 problem = bench.Problem(cell, mode, b, t, h, seed=cfg.seed)
                 out = bench.run_point(problem, builders, warmup=cfg.warmup,
-                                      repeats=cfg.repeats, seed=cfg.seed)
+                                      repeats=cfg.repeats, seed=cfg.seed,
+                                      profile=("rnn_jax",) if cfg.profile else ())
                 records += out["records"]
                 skipped += out["skipped"]
                 rejected += out["rejected"]
+                profiles += out["profiles"]
     spread = [(r["ms_q75"] - r["ms_q25"]) / r["ms"] for r in records]
     metrics = {
-        "records": records, "skipped": skipped, "rejected": rejected,
+        "records": records, "skipped": skipped, "rejected": rejected, "profiles": profiles,
         "speedups": speedups(records), "suite": cfg.suite, "impls": list(impls),
         "sizes": [list(s) for s in sizes_of(cfg)], "threads": bench.cpu_threads(),
         "load_average": {"start": list(load_start), "end": list(os.getloadavg())},
@@ -205,6 +211,7 @@ def report(metrics: dict, cfg: Config) -> str:
                          f"{_fmt_ms(ours[(cell, *size)])} | "
                          + " | ".join(_fmt_ms(ms.get(k)) for k in keys) + " |")
         lines.append("")
+    lines += profile_section(metrics.get("profiles", []), records)
     behind = [s for s in metrics["speedups"]
               if min(s.get("vs_flax_linen", 9), s.get("vs_torch", 9)) < 1.0]
     lines.append("rnn_jax is at least as fast as flax.linen and PyTorch on every point."
@@ -222,6 +229,38 @@ def report(metrics: dict, cfg: Config) -> str:
             lines += ["", f"{title}:"] + [f"- {impl}: {what} — {', '.join(sorted(points))}"
                                           for (impl, what), points in sorted(groups.items())]
     return "\n".join(lines)
+
+
+def _fmt_us(x):
+    return f"{x:.0f}" if x >= 100 else f"{x:.3g}"
+
+
+def profile_section(profiles: list, records: list) -> list:
+    """Report lines for ``run_point``'s op profiles (none: no lines)."""
+    if not profiles:
+        return []
+    wall = {(r["impl"], r["cell"], r["mode"], r["B"], r["T"], r["H"]): r["ms"] for r in records}
+    lines = ["### Where rnn_jax's step goes (XLA op trace, ms per step)", "",
+             "Summed per operation over one step; `runs` = executions per step (T for an op "
+             "inside a time loop). A loop's time includes the ops it ran, so loops are left out "
+             "of the totals; ops on concurrent threads add up beyond the wall time, and the "
+             "profiler's own cost lengthens every op (most visible with many small ones).", ""]
+    for p in profiles:
+        t = p["totals"]
+        key = (p["impl"], p["cell"], p["mode"], p["B"], p["T"], p["H"])
+        per_step = next((g for g in p["by_count"] if g["count"] == p["T"]), None)
+        lines += [f"**{p['cell']} {p['mode']} ({p['B']}, {p['T']}, {p['H']})**, path "
+                  f"{p['path']}, {_fmt_ms(wall.get(key))} ms timed: matrix products "
+                  f"{t['matmul']:.3g} ms, other ops {t['other']:.3g} ms; time loops "
+                  f"{p['loops_ms']:.3g} ms in all"
+                  + (f"; {per_step['ops']} distinct ops run once per time step, "
+                     f"{per_step['ms']:.3g} ms ({per_step['matmul_ms']:.3g} ms of it in products)"
+                     if per_step else "") + ".", "",
+                  "| op | kind | ms | runs | µs per run |", "|---|---|---|---|---|"]
+        lines += [f"| {o['name']} | {o['kind']} | {o['ms']:.3g} | {o['count']:g} | "
+                  f"{_fmt_us(1e3 * o['ms'] / max(o['count'], 1e-9))} |" for o in p["ops"]]
+        lines.append("")
+    return lines
 
 
 def figures(metrics: dict, cfg: Config, out_dir):

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import rnn_jax as rj
+from rnn_jax import op_profile
 
 CELLS = ("elman", "lstm", "gru")
 MODES = ("forward", "train")
@@ -121,7 +122,9 @@ class Built(NamedTuple):
     """An implementation ready to run one problem (made by a builder in ``bench_impls``).
 
     ``step()`` runs one forward or train step on stored inputs and returns its outputs,
-    ``sync(out)`` waits for the device, ``result(out)`` converts to the reference's layout.
+    ``sync(out)`` waits for the device, ``result(out)`` converts to the reference's layout;
+    ``executable`` is ``(compiled, args)`` for a JAX implementation (``rnn_jax.op_profile``
+    can then break its step down by XLA operation), else None.
     """
 
     step: Any
@@ -132,6 +135,7 @@ class Built(NamedTuple):
     device: str
     precision: str
     path: str
+    executable: Any = None
 
 
 class Skip(Exception):  # noqa: N818 - a reason, not an error
@@ -185,12 +189,15 @@ def record(name: str, problem: Problem, b: Built, seconds: list, max_err: float,
 
 
 def run_point(problem: Problem, builders: dict, *, warmup: int = 3, repeats: int = 20,
-              seed: int = 0, min_sample_s: float = 0.01) -> dict:
+              seed: int = 0, min_sample_s: float = 0.01, profile: tuple = ()) -> dict:
     """Builds, checks and times every implementation on one problem.
 
     ``builders`` maps names to ``builder(problem, data) -> Built`` (raising ``Skip``).
-    Returns ``{"records": [...], "skipped": [...], "rejected": [...]}``: an implementation
-    whose outputs differ from the reference beyond ``tolerance`` is rejected, never timed.
+    Returns ``{"records": [...], "skipped": [...], "rejected": [...], "profiles": [...]}``:
+    an implementation whose outputs differ from the reference beyond ``tolerance`` is
+    rejected, never timed; each name in ``profile`` that was timed and is a JAX
+    implementation gets, after the timing, an ``rnn_jax.op_profile.profile`` of its step
+    (its 12 slowest operations and the totals).
     """
     data = problem_data(problem)
     want = reference(problem, data)
@@ -217,7 +224,13 @@ def run_point(problem: Problem, builders: dict, *, warmup: int = 3, repeats: int
                                     min_sample_s=min_sample_s)
     records = [record(name, problem, built[name], times[name], errors[name], calls[name])
                for name in built]
-    return {"records": records, "skipped": skipped, "rejected": rejected}
+    profiles = []
+    for name in profile:
+        if name in built and built[name].executable is not None:
+            compiled, args = built[name].executable
+            profiles.append({"impl": name, **where, "path": built[name].path,
+                             **op_profile.profile(compiled, *args, top=12)})
+    return {"records": records, "skipped": skipped, "rejected": rejected, "profiles": profiles}
 
 
 def parse_size(text: str) -> tuple[int, int, int]:

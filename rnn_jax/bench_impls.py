@@ -81,7 +81,7 @@ def rnn_jax(variant: str = ""):
         compiled, params, xs, compile_s, peak = _jax_built(problem, data, forward, precision)
         return Built(lambda: compiled(params, xs), jax.block_until_ready,
                      _jax_result(problem.mode), compile_s, peak, _device(), precision,
-                     f"{path}, unroll {unroll}")
+                     f"{path}, unroll {unroll}", (compiled, (params, xs)))
 
     return build
 
@@ -133,7 +133,7 @@ def flax_linen(problem, data):
     to_rj = lambda g: _rj_from_flax(problem.cell, g["cell"])  # noqa: E731
     return Built(lambda: compiled(params, xs), jax.block_until_ready,
                  _jax_result(problem.mode, to_rj), compile_s, peak, _device(), "default",
-                 f"nn.RNN({cls.__name__}), lax.scan")
+                 f"nn.RNN({cls.__name__}), lax.scan", (compiled, (params, xs)))
 
 
 # -- PyTorch ----------------------------------------------------------------------------------
@@ -235,7 +235,7 @@ def jax_experimental_rnn(problem, data):
         "default")
     return Built(lambda: compiled(weights, xs), jax.block_until_ready,
                  _jax_result(problem.mode, to_rj), compile_s, peak, _device(), "default",
-                 "cuDNN via jax.experimental.rnn")
+                 "cuDNN via jax.experimental.rnn", (compiled, (weights, xs)))
 
 
 def builder(name: str):

@@ -43,6 +43,24 @@ def test_smoke_run_writes_records_with_the_schema(tmp_path):
     assert (out / "tokens_per_s.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_profile_breaks_the_default_step_down_by_operation(tmp_path):
+    harness.run_experiment("benchmark", {"profile": True, "impls": ("rnn_jax", "torch"),
+                                         "modes": ("train",)},
+                           smoke=True, out=tmp_path, echo=False)
+    out = tmp_path / "benchmark"
+    m = json.loads((out / "results.json").read_text())["metrics"]
+    (p,) = m["profiles"]  # the default path only, not torch
+    assert (p["impl"], p["cell"], p["mode"], p["B"], p["T"], p["H"]) == (
+        "rnn_jax", "lstm", "train", 4, 6, 8)
+    assert p["path"] == "fused, unroll 1" and 0 < len(p["ops"]) <= 12
+    assert [o["count"] for o in p["ops"] if o["kind"] == "loop"] == [1, 1]  # forward, BPTT
+    per_step = [g for g in p["by_count"] if g["count"] == 6]
+    assert per_step and per_step[0]["matmul_ms"] > 0  # h U and its transpose, every step
+    report = (out / "report.md").read_text()
+    assert "### Where rnn_jax's step goes" in report
+    assert "distinct ops run once per time step" in report
+
+
 def test_the_equivalence_check_rejects_a_wrong_implementation():
     """An implementation with the right shapes and wrong numbers (a scaled recurrent matrix)
     is rejected with its error and never timed."""
@@ -66,7 +84,9 @@ def test_bad_config_fails_before_anything_runs():
     for bad, message in (({"suite": "tpu"}, "suite='tpu' is unknown"),
                          ({"cells": ("lstm", "rnn")}, "cells must be a non-empty subset"),
                          ({"impls": ("rnn_jax", "cudnn")}, "implementation 'cudnn' is unknown"),
-                         ({"sizes": ("8x8",)}, "BxTxH")):
+                         ({"sizes": ("8x8",)}, "BxTxH"),
+                         ({"profile": "maybe"}, "--profile expects a value of type bool"),
+                         ({"profile": 1}, "profile must be true or false, got 1")):
         with pytest.raises(ValueError, match=message):
             harness.make_config(module, bad)
     cfg = harness.make_config(module, {"suite": "cpu", "cells": "lstm,gru", "impls": "torch"})
