@@ -41,8 +41,8 @@ def hlo_kinds(hlo_text: str) -> dict:
     opcodes, calls, instructions = {}, {}, []
     computation = None
     for line in hlo_text.splitlines():
-        header = _COMPUTATION.match(line)
-        if header and " = " not in line.split("{")[0]:
+        header = _COMPUTATION.match(line)  # unindented: instructions are indented
+        if header:
             computation = header.group(1)
             opcodes.setdefault(computation, set())
             calls.setdefault(computation, set())
