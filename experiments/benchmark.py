@@ -3,8 +3,8 @@
 Sweeps sizes (B, T, H with I = H) x cell (elman, lstm, gru) x mode (forward; train = the loss
 mean(h^2) and its gradient for every weight, i.e. BPTT) x implementation, all on the same
 weights and inputs. Each implementation is checked against the reference before it is timed
-(``rnn_jax.bench.run_point``); implementations are interleaved call by call and the median of
-``repeats`` synchronised calls is reported, compile time separately.
+(``rnn_jax.bench.harness.run_point``); implementations are interleaved call by call and the
+median of ``repeats`` synchronised calls is reported, compile time separately.
 
     python -m experiments run benchmark --suite quick|cpu|gpu [--cells lstm,gru] [--impls ...]
         [--profile true]      (also: where rnn_jax's step spends its time, op by op)
@@ -21,7 +21,7 @@ import os
 
 import numpy as np
 
-from rnn_jax import bench, bench_impls
+from rnn_jax.bench import harness, peers
 
 SUITE_IMPLS = {
     "quick": ("rnn_jax", "rnn_jax:scan", "flax_linen", "torch", "jax_experimental_rnn"),
@@ -62,26 +62,27 @@ class Config:
     """A suite; ``impls`` and ``sizes`` ("BxTxH") empty mean the suite's own lists."""
 
     suite: str = "quick"
-    cells: tuple[str, ...] = bench.CELLS
+    cells: tuple[str, ...] = harness.CELLS
     impls: tuple[str, ...] = ()
-    modes: tuple[str, ...] = bench.MODES
+    modes: tuple[str, ...] = harness.MODES
     sizes: tuple[str, ...] = ()
     repeats: int = 20
     warmup: int = 3
     seed: int = 0
-    profile: bool = False  # also break rnn_jax's step down by XLA operation (rnn_jax.op_profile)
+    # also break rnn_jax's step down by XLA operation (rnn_jax.bench.op_profile)
+    profile: bool = False
 
     def __post_init__(self):
-        if self.suite not in bench.SUITES:
+        if self.suite not in harness.SUITES:
             raise ValueError(f"suite={self.suite!r} is unknown; expected one of "
-                             f"{sorted(bench.SUITES)}")
-        for name, allowed in (("cells", bench.CELLS), ("modes", bench.MODES)):
+                             f"{sorted(harness.SUITES)}")
+        for name, allowed in (("cells", harness.CELLS), ("modes", harness.MODES)):
             value = getattr(self, name)
             if not value or not set(value) <= set(allowed):
                 raise ValueError(f"{name} must be a non-empty subset of {allowed}, got {value}")
-        bench_impls.get_builders(self.impls)  # unknown names fail here, before any run
+        peers.get_builders(self.impls)  # unknown names fail here, before any run
         for size in self.sizes:
-            bench.parse_size(size)
+            harness.parse_size(size)
         if not isinstance(self.profile, bool):
             raise ValueError(f"profile must be true or false, got {self.profile!r}")
         if self.repeats < 1 or self.warmup < 0:
@@ -94,8 +95,8 @@ SMOKE = {"sizes": ("4x6x8",), "cells": ("lstm",), "repeats": 2, "warmup": 1}
 
 def sizes_of(cfg: Config) -> list[tuple[int, int, int]]:
     if cfg.sizes:
-        return [bench.parse_size(s) for s in cfg.sizes]
-    return list(bench.SUITES[cfg.suite])
+        return [harness.parse_size(s) for s in cfg.sizes]
+    return list(harness.SUITES[cfg.suite])
 
 
 def speedups(records: list) -> list[dict]:
@@ -124,14 +125,14 @@ def speedups(records: list) -> list[dict]:
 
 def run(cfg: Config) -> dict:
     impls = cfg.impls or SUITE_IMPLS[cfg.suite]
-    builders = bench_impls.get_builders(impls)
+    builders = peers.get_builders(impls)
     load_start = os.getloadavg()
     records, skipped, rejected, profiles = [], [], [], []
     for b, t, h in sizes_of(cfg):
         for cell in cfg.cells:
             for mode in cfg.modes:
-                problem = bench.Problem(cell, mode, b, t, h, seed=cfg.seed)
-                out = bench.run_point(problem, builders, warmup=cfg.warmup,
+                problem = harness.Problem(cell, mode, b, t, h, seed=cfg.seed)
+                out = harness.run_point(problem, builders, warmup=cfg.warmup,
                                       repeats=cfg.repeats, seed=cfg.seed,
                                       profile=("rnn_jax",) if cfg.profile else ())
                 records += out["records"]
@@ -142,7 +143,7 @@ def run(cfg: Config) -> dict:
     metrics = {
         "records": records, "skipped": skipped, "rejected": rejected, "profiles": profiles,
         "speedups": speedups(records), "suite": cfg.suite, "impls": list(impls),
-        "sizes": [list(s) for s in sizes_of(cfg)], "threads": bench.cpu_threads(),
+        "sizes": [list(s) for s in sizes_of(cfg)], "threads": harness.cpu_threads(),
         "load_average": {"start": list(load_start), "end": list(os.getloadavg())},
         "median_relative_iqr": float(np.median(spread)) if spread else None,
         "default_path": sorted({f"{r['cell']}: {r['path']}" for r in records

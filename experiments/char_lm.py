@@ -7,7 +7,7 @@ reads characters through an embedding and predicts the next one at every step:
     e_t = E[c_t],   h_t = cell(e_t, h_{t-1}),   p(c_{t+1} | c_<=t) = softmax(h_t V + c)
 
 Training is truncated BPTT over ``batch_size`` parallel streams of the training text
-(``rnn_jax.tbptt``): window n covers characters [n k, n k + k), k = ``window``; its loss is
+(``rnn_jax.training.tbptt``): window n covers characters [n k, n k + k), k = ``window``; its loss is
 backpropagated to the window start only, and its final carry, cut from the graph
 (``stop_gradient``), starts window n + 1. Every epoch restarts the streams with zero carries.
 Updates are Adam on the global-norm-clipped gradient (tau = ``clip_threshold``). The loss is
@@ -45,10 +45,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments import harness, training
-from rnn_jax import checkpoint, generate, tbptt, train
 from rnn_jax.cells import GRU, LSTM, Elman
 from rnn_jax.model import SequenceModel
 from rnn_jax.tasks import shakespeare_task, shakespeare_works, streams
+from rnn_jax.training import checkpoint, generate, tbptt, train
 
 MODELS = ("tanh", "lstm", "gru")
 EDITIONS = ("modern", "folio", "all")

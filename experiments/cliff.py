@@ -13,8 +13,9 @@ descending the valley.
 
 Computed here: the loss and gradient norm on a (w, b) grid (``vmap``), a start point on the
 wall (largest gradient on a fine line at w = ``wall_w``), gradient-descent trajectories with
-and without clipping (the project's optimizer factory, ``rnn_jax.train.make_optimizer``), and
-Doya's bifurcation diagram at w = 5 (fixed points and the attractor reached from several x_0).
+and without clipping (the project's optimizer factory,
+``rnn_jax.training.train.make_optimizer``), and Doya's bifurcation diagram at w = 5 (fixed
+points and the attractor reached from several x_0).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import numpy as np
 import optax
 
 from rnn_jax import diagnostics as dg
-from rnn_jax.train import OptimizerConfig, make_optimizer
+from rnn_jax.training.train import OptimizerConfig, make_optimizer
 
 
 @dataclasses.dataclass(frozen=True)

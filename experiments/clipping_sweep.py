@@ -30,7 +30,7 @@ between: most unclipped runs survive, some do not.
 
 One run per (multiple, seed): all of them train in one compiled, vmapped program (tau is a
 traced value of the optimizer). A run has *diverged* when a step had a non-finite loss or
-gradient (such steps are skipped, ``rnn_jax.train``) or its test MSE ends above
+gradient (such steps are skipped, ``rnn_jax.training.train``) or its test MSE ends above
 ``divergence_factor`` x the baseline 1/6. Final loss: test MSE on ``eval_examples`` fresh
 sequences, median over seeds (a diverged seed would dominate a mean).
 """
@@ -48,10 +48,10 @@ import numpy as np
 import optax
 
 from experiments import harness, training
-from rnn_jax import checkpoint, train
 from rnn_jax.cells import Elman
 from rnn_jax.model import SequenceModel
 from rnn_jax.tasks import Adding
+from rnn_jax.training import checkpoint, train
 
 MULTIPLES = (0.1, 0.5, 1.0, 5.0, 10.0, math.inf)
 

@@ -34,7 +34,7 @@ from rnn_jax import plotting
 from rnn_jax.cells import GRU, LSTM, Elman, irnn, torch_like
 from rnn_jax.model import SequenceModel
 from rnn_jax.tasks import CopyMemory
-from rnn_jax.train import OptimizerConfig
+from rnn_jax.training.train import OptimizerConfig
 
 MODELS = ("tanh", "orthogonal", "identity", "lstm", "lstm_chrono", "gru")
 

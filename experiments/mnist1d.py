@@ -27,11 +27,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments import harness, training
-from rnn_jax import initializers, plotting
-from rnn_jax.cells import GRU, LSTM, Elman, lead, torch_like
+from rnn_jax import plotting
+from rnn_jax.cells import GRU, LSTM, Elman, initializers, lead, torch_like
 from rnn_jax.model import SequenceModel
 from rnn_jax.tasks import mnist1d_task
-from rnn_jax.train import OptimizerConfig
+from rnn_jax.training.train import OptimizerConfig
 
 MODELS = ("logistic", "tanh", "lstm", "gru", "bigru")
 PUBLISHED = {"logistic": 0.32, "bigru": 0.91}  # the paper's table (their notebook: GRU 0.89)

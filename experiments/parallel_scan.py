@@ -24,7 +24,7 @@ import jax.numpy as jnp
 
 import rnn_jax as rj
 from experiments import harness
-from rnn_jax import deer
+from rnn_jax.loops import deer
 
 METHODS = ("sequential", "deer", "quasi_deer")
 # The published case as quoted in the issue: unbatched tanh RNN, H = 32, I = 4, T = 65 536, T4 GPU.

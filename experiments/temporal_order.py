@@ -30,7 +30,7 @@ from rnn_jax import plotting
 from rnn_jax.cells import Elman
 from rnn_jax.model import SequenceModel
 from rnn_jax.tasks import TemporalOrder
-from rnn_jax.train import OptimizerConfig
+from rnn_jax.training.train import OptimizerConfig
 
 MODES = ("clip", "noclip")
 

@@ -8,7 +8,7 @@ called chunk by chunk. Chunks end at every multiple of ``log_every`` and at ``nu
 each chunk a record is appended to the history (means over the chunk's steps, per seed), plus
 whatever ``probe(params)`` measures on the parameters (e.g. the spectral radius of U). Every
 ``checkpoint_every`` steps (a multiple of ``log_every``) and after the last step, the stacked
-``TrainState`` is saved with ``rnn_jax.checkpoint``, the history so far in its metadata.
+``TrainState`` is saved with ``rnn_jax.training.checkpoint``, the history so far in its metadata.
 
 Resume: given a ``checkpoint_dir`` holding checkpoints of the same run (same keys, model, task,
 optimizer, batch size, ``log_every``), the newest one is restored and training continues. The
@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rnn_jax import checkpoint, train
+from rnn_jax.training import checkpoint, train
 
 RECORDED = ("loss", "grad_norm", "grad_norm_max", "clipped", "nonfinite")
 EVAL_STREAM = 0x7EA1  # fold_in(key(seed), EVAL_STREAM): evaluation data, apart from training

@@ -16,10 +16,18 @@ A cell step is a pure function, ``rnn`` unrolls it with ``lax.scan``, ``jax.grad
 unrolled loss is backpropagation through time, and optax applies the clipped update.
 """
 
-from rnn_jax import initializers
-from rnn_jax.cells import GRU, LSTM, Elman, get_cell, irnn, torch_like
-from rnn_jax.deer import deer_rnn
-from rnn_jax.linear_cells import LRU, MinGRU
+from rnn_jax.cells import (
+    GRU,
+    LRU,
+    LSTM,
+    Elman,
+    MinGRU,
+    get_cell,
+    initializers,
+    irnn,
+    torch_like,
+)
+from rnn_jax.loops.deer import deer_rnn
 from rnn_jax.model import SequenceModel
 from rnn_jax.rnn import bidirectional, merge_directions, rnn
 from rnn_jax.stack import init_stack, layer_cells, stack

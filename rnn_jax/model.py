@@ -25,9 +25,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from rnn_jax import initializers as inits
+from rnn_jax.cells import initializers as inits
 from rnn_jax.cells import lead
-from rnn_jax.rnn import MERGES, _is_concrete
+from rnn_jax.cells.validation import is_concrete
+from rnn_jax.rnn import MERGES
 from rnn_jax.stack import _pair, init_stack, layer_cells, output_size, stack
 
 READOUTS = ("all", "last", "flatten")
@@ -141,7 +142,7 @@ class SequenceModel:
             if not jnp.issubdtype(xs.dtype, jnp.integer):
                 raise TypeError(f"xs must be integer token ids for a token model, got {xs.dtype}")
             vocab = params["embed"]["E"].shape[0]
-            if _is_concrete(xs) and xs.size and (int(xs.min()) < 0 or int(xs.max()) >= vocab):
+            if is_concrete(xs) and xs.size and (int(xs.min()) < 0 or int(xs.max()) >= vocab):
                 raise ValueError(f"xs holds token ids in [{int(xs.min())}, {int(xs.max())}], "
                                  f"outside the vocabulary [0, {vocab})")
             return jnp.take(params["embed"]["E"], xs, axis=0)

@@ -19,103 +19,22 @@ later steps (BPTT's adjoint; Pascanu, Mikolov, Bengio 2013 use its norms to show
 
 from __future__ import annotations
 
-import operator
-
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from rnn_jax import fused, pallas_rnn
+from rnn_jax.cells.validation import (
+    check_carry,
+    check_unroll,
+    check_xs,
+    mask_from,
+    shape_of,
+)
+from rnn_jax.loops import deer, fused, pallas, scan
 
 MERGES = ("concat", "sum", "mean")
 METHODS = ("auto", "scan", "fused", "pallas", "deer", "quasi_deer")
 # Largest hidden size for which the fused Pallas kernels keep U on chip (issue: H <= 256).
 PALLAS_MAX_HIDDEN = 256
-
-
-# -- validation (before anything is traced) ----------------------------------------------
-def _shape_of(x):
-    return tuple(np.shape(x))
-
-
-def _check_xs(cell, params, xs, time_major):
-    if not hasattr(xs, "shape") or not hasattr(xs, "dtype"):
-        raise TypeError(f"xs must be an array, got {type(xs).__name__}")
-    if xs.ndim < 2:
-        layout = "[T, *batch, I]" if time_major else "[*batch, T, I]"
-        raise ValueError(f"xs must have rank >= 2 ({layout}), got shape {_shape_of(xs)}")
-    if not jnp.issubdtype(xs.dtype, jnp.floating):
-        raise TypeError(f"xs must be floating point, got dtype {xs.dtype}")
-    w = params.get("W") if isinstance(params, dict) else None
-    if w is not None and xs.shape[-1] != w.shape[0]:
-        raise ValueError(
-            f"xs has {xs.shape[-1]} input features (shape {_shape_of(xs)}), but the cell's "
-            f"params expect input_size={w.shape[0]} (W has shape {_shape_of(w)})"
-        )
-
-
-def _is_concrete(x):
-    try:
-        np.asarray(x)
-        return True
-    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
-        return False
-
-
-def _mask_from(lengths, mask, batch_shape, num_steps):
-    """[*batch, T] bool of real steps, or None when every step is real."""
-    if lengths is not None and mask is not None:
-        raise ValueError("pass either lengths or mask, not both")
-    if lengths is not None:
-        if _shape_of(lengths) != batch_shape:
-            raise ValueError(
-                f"lengths must have the batch shape {batch_shape}, got shape {_shape_of(lengths)}"
-            )
-        if not jnp.issubdtype(jnp.asarray(lengths).dtype, jnp.integer):
-            raise TypeError(f"lengths must be integers, got dtype {jnp.asarray(lengths).dtype}")
-        if _is_concrete(lengths):
-            arr = np.asarray(lengths)
-            if arr.size and (arr.min() < 0 or arr.max() > num_steps):
-                raise ValueError(
-                    f"lengths must lie in [0, T={num_steps}], got min {arr.min()} max {arr.max()}"
-                )
-        steps = jnp.arange(num_steps).reshape((1,) * len(batch_shape) + (num_steps,))
-        return steps < jnp.asarray(lengths)[..., None]
-    if mask is not None:
-        if _shape_of(mask) != (*batch_shape, num_steps):
-            raise ValueError(
-                f"mask must have shape [*batch, T] = {(*batch_shape, num_steps)}, "
-                f"got {_shape_of(mask)}"
-            )
-        if jnp.asarray(mask).dtype != jnp.bool_:
-            raise TypeError(f"mask must be bool, got dtype {jnp.asarray(mask).dtype}")
-        return jnp.asarray(mask)
-    return None
-
-
-def _check_carry(cell, carry, batch_shape, dtype):
-    expected = jax.eval_shape(lambda: cell.initial_carry(batch_shape, dtype))
-    got = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.result_type(x)), carry)
-    e_struct, g_struct = jax.tree.structure(expected), jax.tree.structure(got)
-    shapes_e = [x.shape for x in jax.tree.leaves(expected)]
-    shapes_g = [x.shape for x in jax.tree.leaves(got)]
-    if e_struct != g_struct or shapes_e != shapes_g:
-        raise ValueError(
-            f"carry does not match the cell's carry for batch shape {batch_shape}: expected "
-            f"shapes {shapes_e} ({e_struct}), got {shapes_g} ({g_struct})"
-        )
-
-
-def _check_unroll(unroll):
-    if isinstance(unroll, bool):
-        return unroll
-    try:
-        n = operator.index(unroll)
-    except TypeError:
-        raise TypeError(f"unroll must be a positive int, got {unroll!r}") from None
-    if n < 1:
-        raise ValueError(f"unroll must be a positive int, got {n}")
-    return n
 
 
 def _select(method, cell, params, *, probes, return_carries, remat) -> str:
@@ -125,12 +44,12 @@ def _select(method, cell, params, *, probes, return_carries, remat) -> str:
     H <= PALLAS_MAX_HIDDEN, else the fused-JVP scan where it applies, else the plain scan.
     """
     if method == "pallas":
-        if not pallas_rnn.supported(cell, probes=probes) or remat:
+        if not pallas.supported(cell, probes=probes) or remat:
             raise ValueError(f"method='pallas' does not support {type(cell).__name__} with "
                              "these options (probes, remat, compute_dtype); use 'auto' or 'scan'")
         return "pallas"
     if (method == "auto" and jax.default_backend() == "gpu" and not remat
-            and pallas_rnn.supported(cell, probes=probes)
+            and pallas.supported(cell, probes=probes)
             and cell.hidden_size <= PALLAS_MAX_HIDDEN):
         return "pallas"
     return fused.select(method, cell, params, probes=probes, return_carries=return_carries,
@@ -163,26 +82,24 @@ def rnn(cell, params, xs, carry=None, *, lengths=None, mask=None, reverse=False,
       remat: recompute each step in the backward pass instead of storing its intermediates
         (``jax.checkpoint``): the same results with less memory on long sequences.
       method: the time loop (the same results either way): ``"scan"`` differentiates a plain
-        ``lax.scan``; ``"fused"`` (``rnn_jax.fused``) has a hand-written JVP whose BPTT
+        ``lax.scan``; ``"fused"`` (``rnn_jax.loops.fused``) has a hand-written JVP whose BPTT
         computes the weight gradients as single products outside the loop (Elman, LSTM, GRU;
         masks, reverse; not probes, return_carries, remat); ``"auto"`` takes ``"fused"``
         where it applies, else ``"scan"`` — and on a GPU first ``"pallas"``; ``"pallas"``
-        runs the whole time loop in one fused kernel per direction (``rnn_jax.pallas_rnn``;
+        runs the whole time loop in one fused kernel per direction (``rnn_jax.loops.pallas``;
         Elman, LSTM, GRU; Pallas interpret mode off the GPU); ``"deer"`` / ``"quasi_deer"``
         evaluate the recurrence in parallel over time by Newton iterations
-        (``rnn_jax.deer``; not probes, return_carries, remat).
+        (``rnn_jax.loops.deer``; not probes, return_carries, remat).
 
     Returns:
       ``(hs, carry)`` or ``(hs, carry, carries)``: ``hs: [*batch, T, H]``, ``carry`` the final
       carry, ``carries`` every step's carry (leaves ``[*batch, T, ...]``).
     """
-    _check_xs(cell, params, xs, time_major)
-    unroll = _check_unroll(unroll)
+    check_xs(cell, params, xs, time_major)
+    unroll = check_unroll(unroll)
     if method not in METHODS:
         raise ValueError(f"method={method!r} is not supported; expected one of {METHODS}")
     if method in ("deer", "quasi_deer"):
-        from rnn_jax import deer  # deer imports this module's validators
-
         if probes is not None or return_carries or remat:
             raise ValueError(f"method={method!r} does not support probes, return_carries or "
                              "remat; use method='scan'")
@@ -193,27 +110,27 @@ def rnn(cell, params, xs, carry=None, *, lengths=None, mask=None, reverse=False,
                    remat=remat)
     xs_tm = xs if time_major else jnp.moveaxis(xs, -2, 0)  # [T, *batch, I]
     num_steps, batch_shape = xs_tm.shape[0], tuple(xs_tm.shape[1:-1])
-    m = _mask_from(lengths, mask, batch_shape, num_steps)
+    m = mask_from(lengths, mask, batch_shape, num_steps)
     # float32 at least (bf16 compute accumulates in float32), float64 for float64 inputs or
     # params: the scan carry must keep the dtype the cell's update produces.
     carry_dtype = jnp.result_type(jnp.float32, xs.dtype, *jax.tree.leaves(params))
     if carry is None:
         carry = cell.initial_carry(batch_shape, carry_dtype)
     else:
-        _check_carry(cell, carry, batch_shape, carry_dtype)
+        check_carry(cell, carry, batch_shape, carry_dtype)
         carry = jax.tree.map(lambda c: jnp.asarray(c, carry_dtype), carry)
     if probes is not None:
         want = ((num_steps, *batch_shape) if time_major else (*batch_shape, num_steps))
         want = (*want, cell.hidden_size)
-        if _shape_of(probes) != want:
-            raise ValueError(f"probes must have shape {want}, got {_shape_of(probes)}")
+        if shape_of(probes) != want:
+            raise ValueError(f"probes must have shape {want}, got {shape_of(probes)}")
         probes = probes if time_major else jnp.moveaxis(probes, -2, 0)
         # in the carry's dtype, so the scan carry keeps its type (x64 makes plain zeros float64)
         probes = jnp.asarray(probes).astype(carry_dtype)
 
     m_tm = None if m is None else jnp.moveaxis(m, -1, 0)  # [T, *batch]
     if path == "pallas":
-        hs, final, carries = pallas_rnn.run(cell, params, xs_tm, carry, m_tm, reverse=reverse)
+        hs, final, carries = pallas.run(cell, params, xs_tm, carry, m_tm, reverse=reverse)
         if not time_major:
             hs = jnp.moveaxis(hs, 0, -2)
             carries = jax.tree.map(lambda c: jnp.moveaxis(c, 0, len(batch_shape)), carries)
@@ -222,24 +139,9 @@ def rnn(cell, params, xs, carry=None, *, lengths=None, mask=None, reverse=False,
         hs, final = fused.recurrence(cell, params, carry, xs_tm, mask=m_tm, reverse=reverse,
                                      unroll=unroll)
         return (hs if time_major else jnp.moveaxis(hs, 0, -2)), final
-    us = cell.project(params, xs_tm)  # hoisted: [T, *batch, G*H] in one product
-
-    def body(c, inp):
-        u, m_t, p_t = inp
-        new_c, h = cell.recur(params, c, u)
-        if p_t is not None:
-            h = h + p_t
-            new_c = cell.with_hidden(new_c, h)
-        if m_t is not None:
-            keep = m_t[..., None]
-            new_c = jax.tree.map(lambda n, o: jnp.where(keep, n, o), new_c, c)
-            h = jnp.where(keep, h, jnp.zeros_like(h))
-        return new_c, ((h, new_c) if return_carries else h)
-
-    if remat:
-        body = jax.checkpoint(body)
-    final, out = jax.lax.scan(body, carry, (us, m_tm, probes), reverse=reverse, unroll=unroll)
-    hs, carries = out if return_carries else (out, None)
+    hs, final, carries = scan.recurrence(cell, params, carry, xs_tm, mask=m_tm, probes=probes,
+                                         reverse=reverse, unroll=unroll,
+                                         return_carries=return_carries, remat=remat)
     if not time_major:
         hs = jnp.moveaxis(hs, 0, -2)
         if carries is not None:

@@ -1,10 +1,12 @@
 """The README's researcher script runs as written and trains."""
 
 import re
+import textwrap
 from pathlib import Path
 
 import jax
 import numpy as np
+import pytest
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
@@ -12,7 +14,10 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def _python_blocks():
-    return re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    """Every ```python block, dedented (blocks inside list items are indented)."""
+    blocks = re.findall(r"^([ \t]*)```python\n(.*?)^[ \t]*```", README.read_text(),
+                        flags=re.S | re.M)
+    return [textwrap.dedent(body) if indent else body for indent, body in blocks]
 
 
 def test_readme_has_a_short_script_and_the_two_commands():
@@ -42,3 +47,9 @@ def test_readme_script_runs_and_its_update_lowers_the_loss():
         u, state = opt.update(g, state)
         p = optax.apply_updates(p, u)
     assert float(loss(p)) < first
+
+
+@pytest.mark.parametrize("index", range(1, len(_python_blocks())))
+def test_every_other_readme_block_runs(index):
+    """The README's other examples (imports, interop, your own data) run as written."""
+    exec(compile(_python_blocks()[index], f"{README}:block{index}", "exec"), {})  # noqa: S102

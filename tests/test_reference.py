@@ -334,13 +334,14 @@ def test_torch_golden(name):
 
 @pytest.mark.parametrize("name", ["elman_bi", "lstm_bi", "gru_bi"])
 def test_torch_golden_scan_method(name):
-    """The plain-scan time loop too (``method="auto"`` above takes rnn_jax.fused's custom JVP
+    """The plain-scan time loop too (``method="auto"`` above takes rnn_jax.loops.fused's custom JVP
     where it applies): packed, bidirectional, so masks and reverse are both covered."""
     check_against_torch(_golden()["cases"][name], method="scan")
 
 
 def test_torch_live_regenerates_golden():
-    """The stored numbers are exactly what make_golden.py produces with the recorded torch."""
+    """The stored numbers are what make_golden.py produces with the recorded torch (to float32
+    round-off: the inputs exactly, outputs and gradients to a few ulps)."""
     torch = pytest.importorskip("torch")
     if torch.__version__ != _golden()["torch_version"]:
         pytest.skip(f"golden file made with torch {_golden()['torch_version']}, "
@@ -348,12 +349,18 @@ def test_torch_live_regenerates_golden():
     make_golden = _make_golden_module()
     for name, stored in _golden()["cases"].items():
         case = make_golden.make_case(name)
-        for k in ("x", "h0", "out", "h_n"):
+        # Inputs come from torch's seeded generator: the same draws on every CPU.
+        for k in ("x", "h0"):
             np.testing.assert_array_equal(case[k], np.asarray(stored[k], np.float32),
                                           err_msg=f"{name}: {k}")
+        # Outputs and gradients come from oneDNN kernels whose float32 rounding depends on the
+        # CPU and its threading: equal to a few ulps, never bit for bit.
+        for k in ("out", "h_n"):
+            np.testing.assert_allclose(case[k], np.asarray(stored[k], np.float32),
+                                       rtol=1e-5, atol=1e-6, err_msg=f"{name}: {k}")
         for k, v in case["grads"].items():
-            np.testing.assert_array_equal(v, np.asarray(stored["grads"][k], np.float32),
-                                          err_msg=f"{name}: grad {k}")
+            np.testing.assert_allclose(v, np.asarray(stored["grads"][k], np.float32),
+                                       rtol=1e-4, atol=1e-5, err_msg=f"{name}: grad {k}")
 
 
 def test_torch_live_fresh_seed():

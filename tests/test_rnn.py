@@ -144,7 +144,7 @@ def test_runner_equals_python_loop(combo):
               for name, case in cases.items()}
     reverse = "reverse" in options
     # without probes, remat and return_carries the default method="auto" takes another time
-    # loop (rnn_jax.fused): run it too
+    # loop (rnn_jax.loops.fused): run it too
     default_path_differs = "probes" not in options and not remat
 
     def run_all(inputs):
@@ -196,7 +196,7 @@ def test_unroll_and_remat_never_change_gradients():
     """Gradients for (params, xs, carry) and zero probes equal those through the loop.
 
     Two compiled programs, each for all five cells: remat (with probes: the plain scan), and
-    unroll=2 without probes (the default method's other time loop, ``rnn_jax.fused``).
+    unroll=2 without probes (the default method's other time loop, ``rnn_jax.loops.fused``).
     """
     cases = {name: make_case(cell, (2,), (11, k)) for k, (name, cell) in enumerate(CELLS.items())}
     zero = np.zeros((2, T, H), np.float32)

@@ -15,17 +15,10 @@ from .adding import Adding
 from .copy_memory import CopyMemory
 from .datasets import SequenceDataset, digits_task, mnist1d_task, sequence_dataset
 from .protocol import validate_batch_size, validate_key
+from .shakespeare import load_shakespeare, shakespeare_task, shakespeare_works
+from .streams import streams, windows
 from .temporal_order import TemporalOrder
-from .text import (
-    CharLM,
-    char_lm_task,
-    char_vocab,
-    load_shakespeare,
-    shakespeare_task,
-    shakespeare_works,
-    streams,
-    windows,
-)
+from .text import CharLM, char_lm_task, char_vocab
 
 __all__ = [
     "Adding",

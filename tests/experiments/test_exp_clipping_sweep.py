@@ -14,8 +14,8 @@ import pytest  # noqa: E402
 
 from experiments import clipping_sweep as cs  # noqa: E402
 from experiments import harness, training  # noqa: E402
-from rnn_jax import train  # noqa: E402
 from rnn_jax.tasks import Adding  # noqa: E402
+from rnn_jax.training import train  # noqa: E402
 
 pytest.importorskip("matplotlib")
 

@@ -1,0 +1,152 @@
+"""What every cell shares: the cell protocol, the base dataclass and small helpers.
+
+A cell is a frozen dataclass of hyperparameters (hashable, compared by value, so a cell can
+be a static argument of ``jax.jit``). Its methods are pure functions of explicit parameters:
+
+    params = cell.init(key, input_size)              # plain dict of arrays
+    carry  = cell.initial_carry(batch_shape=())      # zeros
+    u      = cell.project(params, x)                 # input part:      x W + b
+    carry, h = cell.recur(params, carry, u)          # recurrent part:  the nonlinear update
+    carry, h = cell.step(params, carry, x)           # == recur(params, carry, project(params, x))
+
+Splitting ``step`` into ``project`` and ``recur`` lets the runner compute the input projection
+for all T steps in one matrix product before the time loop; ``recur`` is all that remains
+sequential. ``x`` may carry any number of leading batch axes: ``x: [*batch, I]``,
+``u: [*batch, G*H]``, ``h: [*batch, H]``.
+
+Mixed precision: with ``compute_dtype=jnp.bfloat16`` the matrix products run in bf16 with
+float32 accumulation, while the carry and all elementwise state updates stay float32.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import operator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from rnn_jax.cells import initializers as inits
+
+ACTIVATIONS = {"tanh": jnp.tanh, "relu": jax.nn.relu, "identity": lambda z: z}
+
+
+def lead(v, ndim: int):
+    """Reshapes v to rank ``ndim`` by adding leading unit axes (explicit rank promotion)."""
+    return v.reshape((1,) * (ndim - v.ndim) + v.shape)
+
+
+def check_size(name: str, value: Any) -> int:
+    try:
+        n = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}") from None
+    if n <= 0:
+        raise ValueError(f"{name} must be a positive int, got {n}")
+    return n
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """Fields and behaviour shared by all cells (not a public cell by itself).
+
+    Fields:
+      hidden_size:     H.
+      recurrent_init:  initialiser name for U (per gate block), see ``rnn_jax.cells.initializers``.
+      input_init:      initialiser name for W (per gate block).
+      spectral_radius: if set, each recurrent block is rescaled to this spectral radius.
+      singular_value:  if set, each recurrent block is rescaled to this largest singular value.
+      recurrent_gain:  multiplies each recurrent block after initialisation (W_hh = g * Q).
+      bias_init:       "zeros" or "torch" (PyTorch's U(+-1/sqrt(H)) for biases as well).
+      param_dtype:     dtype of the parameters (float32 by default).
+      compute_dtype:   dtype of the matrix products (None = the parameters' dtype).
+    """
+
+    hidden_size: int
+    recurrent_init: str = "orthogonal"
+    input_init: str = "glorot_uniform"
+    spectral_radius: float | None = None
+    singular_value: float | None = None
+    recurrent_gain: float = 1.0
+    bias_init: str = "zeros"
+    param_dtype: Any = jnp.float32
+    compute_dtype: Any = None
+
+    num_gates = 1  # class constant: width of W, U and b is num_gates * H
+
+    def __post_init__(self):
+        check_size("hidden_size", self.hidden_size)
+        inits.get_initializer(self.recurrent_init, argument="recurrent_init")
+        inits.get_initializer(self.input_init, argument="input_init")
+        inits.get_initializer(self.bias_init, argument="bias_init")
+        if self.spectral_radius is not None and self.singular_value is not None:
+            raise ValueError(
+                "spectral_radius and singular_value are alternatives; got both "
+                f"({self.spectral_radius}, {self.singular_value})"
+            )
+
+    # -- parameters ---------------------------------------------------------------------
+    def _recurrent_block(self, key):
+        h = self.hidden_size
+        init = inits.get_initializer(self.recurrent_init)
+        u = init(key, (h, h), jnp.float32, fan_hidden=h)
+        if self.spectral_radius is not None:
+            u = inits.scale_spectral_radius(u, self.spectral_radius)
+        if self.singular_value is not None:
+            u = inits.scale_singular_value(u, self.singular_value)
+        return self.recurrent_gain * u
+
+    def _init_common(self, key, input_size):
+        """W: [I, G*H], U: [H, G*H], b: [G*H], each gate block initialised separately."""
+        input_size = check_size("input_size", input_size)
+        h, g = self.hidden_size, self.num_gates
+        k_w, k_u, k_b = jax.random.split(key, 3)
+        w_init = inits.get_initializer(self.input_init)
+        b_init = inits.get_initializer(self.bias_init)
+        w = jnp.concatenate(
+            [w_init(k, (input_size, h), jnp.float32, fan_hidden=h)
+             for k in jax.random.split(k_w, g)], axis=1)
+        u = jnp.concatenate([self._recurrent_block(k) for k in jax.random.split(k_u, g)], axis=1)
+        b = b_init(k_b, (g * h,), jnp.float32, fan_hidden=h)
+        dt = self.param_dtype
+        return {"W": w.astype(dt), "U": u.astype(dt), "b": b.astype(dt)}
+
+    def init(self, key, input_size: int) -> dict:
+        """Fresh parameters ``{"W": [I, G*H], "U": [H, G*H], "b": [G*H]}``."""
+        return self._init_common(key, input_size)
+
+    # -- carry --------------------------------------------------------------------------
+    def initial_carry(self, batch_shape=(), dtype=jnp.float32):
+        """Zeros, ``[*batch_shape, H]`` (a tuple ``(h, c)`` for the LSTM)."""
+        return jnp.zeros((*tuple(batch_shape), self.hidden_size), dtype)
+
+    def hidden(self, carry) -> jax.Array:
+        """The hidden state h inside a carry."""
+        return carry
+
+    def with_hidden(self, carry, h):
+        """The carry with its hidden state replaced by ``h``."""
+        del carry
+        return h
+
+    # -- computation --------------------------------------------------------------------
+    def _mm(self, a, b):
+        """a @ b in ``compute_dtype`` with float32 accumulation (plain a @ b by default)."""
+        if self.compute_dtype is None:
+            return a @ b
+        cd = self.compute_dtype
+        return jnp.matmul(a.astype(cd), b.astype(cd), preferred_element_type=jnp.float32)
+
+    def project(self, params, x):
+        """u = x W + b, the input part of every gate, for any leading axes of x."""
+        u = self._mm(x, params["W"])
+        return u + lead(params["b"], u.ndim)
+
+    def recur(self, params, carry, u):
+        raise NotImplementedError
+
+    def step(self, params, carry, x):
+        """One time step: ``recur(params, carry, project(params, x))``."""
+        return self.recur(params, carry, self.project(params, x))
+

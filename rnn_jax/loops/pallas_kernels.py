@@ -1,0 +1,172 @@
+"""Pallas kernel bodies for the fused time loops (see ``rnn_jax.loops.pallas`` for the idea).
+
+Each program owns ``b`` batch rows and loops over all T steps; the recurrent matrix is loaded
+once, before the loop. Gate blocks are addressed by static slices of the *references*
+(``pl.ds(k * H, H)``), never by slicing values held in registers, which the Triton backend
+handles poorly. Masks arrive as float [T, b] (1 = real step); on a masked step the state is
+left unchanged and the adjoint passes through untouched.
+
+Forward equations (u = x W + b hoisted, gate order as in ``rnn_jax.cells``):
+
+    Elman  s_t = f(u_t + s_{t-1} U)
+    LSTM   i, f, o = sigma(.), g = tanh(.) of u_t + h_{t-1} U;  c_t = f c_{t-1} + i g;
+           h_t = o tanh(c_t)
+    GRU    r, z = sigma(u_{r,z} + h U_{r,z});  q = h U_n + b_hn;  n = tanh(u_n + r q);
+           h_t = (1 - z) n + z h_{t-1}
+
+Backward kernels run the adjoint recursion in reverse time and write the gradient of every
+pre-activation (the rows that, multiplied by the previous states, give dU in one product).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+
+F32 = jnp.float32
+ACTIVATIONS = {
+    "tanh": (jnp.tanh, lambda s: 1.0 - s * s),
+    "relu": (jax.nn.relu, lambda s: (s > 0).astype(s.dtype)),
+    "identity": (lambda a: a, lambda s: jnp.ones_like(s)),
+}
+
+
+def _dot(a, b):
+    return jnp.dot(a, b, preferred_element_type=F32)
+
+
+def _blocks(ref, hidden, num, t=None):
+    """The ``num`` gate blocks [.., H] of a ref's last axis (at time t when given)."""
+    if t is None:
+        return [ref[:, pl.ds(k * hidden, hidden)] for k in range(num)]
+    return [ref[t, :, pl.ds(k * hidden, hidden)] for k in range(num)]
+
+
+def _store(ref, t, hidden, values):
+    for k, v in enumerate(values):
+        ref[t, :, pl.ds(k * hidden, hidden)] = v
+
+
+def _keep(m_ref, t):
+    return m_ref[t][:, None] > 0
+
+
+def _previous(ref, init_ref, t):
+    """The state before step t: ref[t-1], or the initial state at t = 0."""
+    return jnp.where(t > 0, ref[jnp.maximum(t - 1, 0)], init_ref[...])
+
+
+# -- Elman ---------------------------------------------------------------------------------------
+def elman_fwd(u_ref, w_ref, h0_ref, m_ref, s_ref, *, num_steps, activation):
+    f, _ = ACTIVATIONS[activation]
+    w = w_ref[...]
+
+    def body(t, h):
+        h = jnp.where(_keep(m_ref, t), f(u_ref[t] + _dot(h, w)), h)
+        s_ref[t] = h
+        return h
+
+    jax.lax.fori_loop(0, num_steps, body, h0_ref[...])
+
+
+def elman_bwd(s_ref, g_ref, w_ref, m_ref, a_ref, dh0_ref, *, num_steps, activation):
+    _, df = ACTIVATIONS[activation]
+    w_t = w_ref[...].T
+
+    def body(i, lam):
+        t = num_steps - 1 - i
+        lam = lam + g_ref[t]
+        keep = _keep(m_ref, t)
+        a = jnp.where(keep, lam * df(s_ref[t]), 0.0)
+        a_ref[t] = a
+        return jnp.where(keep, _dot(a, w_t), lam)
+
+    dh0_ref[...] = jax.lax.fori_loop(0, num_steps, body, jnp.zeros(dh0_ref.shape, F32))
+
+
+# -- LSTM ----------------------------------------------------------------------------------------
+def lstm_fwd(u_ref, w_ref, h0_ref, c0_ref, m_ref, hs_ref, cs_ref, gates_ref, *, num_steps,
+             hidden):
+    w = _blocks(w_ref, hidden, 4)
+
+    def body(t, carry):
+        h, c = carry
+        pre = [u + _dot(h, wk) for u, wk in zip(_blocks(u_ref, hidden, 4, t), w, strict=True)]
+        i, f, o = jax.nn.sigmoid(pre[0]), jax.nn.sigmoid(pre[1]), jax.nn.sigmoid(pre[3])
+        g = jnp.tanh(pre[2])
+        c_new = f * c + i * g
+        keep = _keep(m_ref, t)
+        h = jnp.where(keep, o * jnp.tanh(c_new), h)
+        c = jnp.where(keep, c_new, c)
+        hs_ref[t], cs_ref[t] = h, c
+        _store(gates_ref, t, hidden, (i, f, g, o))
+        return h, c
+
+    jax.lax.fori_loop(0, num_steps, body, (h0_ref[...], c0_ref[...]))
+
+
+def lstm_bwd(cs_ref, gates_ref, c0_ref, gh_ref, gc_ref, w_ref, m_ref, a_ref, dh0_ref, dc0_ref,
+             *, num_steps, hidden):
+    w_t = [wk.T for wk in _blocks(w_ref, hidden, 4)]
+
+    def body(j, carry):
+        lam_h, lam_c = carry
+        t = num_steps - 1 - j
+        lam_h, lam_c = lam_h + gh_ref[t], lam_c + gc_ref[t]
+        i, f, g, o = _blocks(gates_ref, hidden, 4, t)
+        tc = jnp.tanh(cs_ref[t])
+        dc = lam_c + lam_h * o * (1.0 - tc * tc)
+        da = [dc * g * i * (1.0 - i), dc * _previous(cs_ref, c0_ref, t) * f * (1.0 - f),
+              dc * i * (1.0 - g * g), lam_h * tc * o * (1.0 - o)]
+        keep = _keep(m_ref, t)
+        da = [jnp.where(keep, d, 0.0) for d in da]
+        _store(a_ref, t, hidden, da)
+        back = _dot(da[0], w_t[0]) + _dot(da[1], w_t[1]) + _dot(da[2], w_t[2]) + _dot(da[3], w_t[3])
+        return jnp.where(keep, back, lam_h), jnp.where(keep, dc * f, lam_c)
+
+    zeros = jnp.zeros(dh0_ref.shape, F32)
+    dh0, dc0 = jax.lax.fori_loop(0, num_steps, body, (zeros, zeros))
+    dh0_ref[...], dc0_ref[...] = dh0, dc0
+
+
+# -- GRU -----------------------------------------------------------------------------------------
+def gru_fwd(u_ref, w_ref, bhn_ref, h0_ref, m_ref, hs_ref, gates_ref, *, num_steps, hidden):
+    w_r, w_z, w_n = _blocks(w_ref, hidden, 3)
+    b_hn = bhn_ref[...]
+
+    def body(t, h):
+        u_r, u_z, u_n = _blocks(u_ref, hidden, 3, t)
+        r = jax.nn.sigmoid(u_r + _dot(h, w_r))
+        z = jax.nn.sigmoid(u_z + _dot(h, w_z))
+        q = _dot(h, w_n) + b_hn
+        n = jnp.tanh(u_n + r * q)
+        h = jnp.where(_keep(m_ref, t), (1.0 - z) * n + z * h, h)
+        hs_ref[t] = h
+        _store(gates_ref, t, hidden, (r, z, n, q))
+        return h
+
+    jax.lax.fori_loop(0, num_steps, body, h0_ref[...])
+
+
+def gru_bwd(hs_ref, gates_ref, h0_ref, g_ref, w_ref, m_ref, du_ref, dq_ref, dh0_ref, *,
+            num_steps, hidden):
+    """du = d/d[u_r, u_z, u_n]; dq = d/d[hU_r, hU_z, hU_n + b_hn] (they differ in the n block)."""
+    w_t = [wk.T for wk in _blocks(w_ref, hidden, 3)]
+
+    def body(j, lam):
+        t = num_steps - 1 - j
+        lam = lam + g_ref[t]
+        r, z, n, q = _blocks(gates_ref, hidden, 4, t)
+        dan = lam * (1.0 - z) * (1.0 - n * n)
+        dar = dan * q * r * (1.0 - r)
+        daz = lam * (_previous(hs_ref, h0_ref, t) - n) * z * (1.0 - z)
+        keep = _keep(m_ref, t)
+        dar, daz, dan = (jnp.where(keep, d, 0.0) for d in (dar, daz, dan))
+        dqn = dan * r
+        _store(du_ref, t, hidden, (dar, daz, dan))
+        _store(dq_ref, t, hidden, (dar, daz, dqn))
+        back = lam * z + _dot(dar, w_t[0]) + _dot(daz, w_t[1]) + _dot(dqn, w_t[2])
+        return jnp.where(keep, back, lam)
+
+    dh0_ref[...] = jax.lax.fori_loop(0, num_steps, body, jnp.zeros(dh0_ref.shape, F32))

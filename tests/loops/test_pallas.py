@@ -1,0 +1,88 @@
+"""Fused Pallas kernels (interpret mode on the CPU) against the scan runner: outputs and grads."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import rnn_jax as rj
+from rnn_jax.loops import pallas as pallas_rnn
+
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+CELLS = {
+    "elman_tanh": rj.Elman(16),
+    "elman_relu": rj.Elman(16, activation="relu", recurrent_init="identity"),
+    "lstm": rj.LSTM(16),
+    "gru": rj.GRU(16),
+}
+
+
+def _perturbed_params(cell, input_size):
+    params = cell.init(jax.random.key(0), input_size)
+    noise = jax.random.split(jax.random.key(9), len(params))
+    return {k: v + 0.1 * jax.random.normal(n, v.shape)
+            for (k, v), n in zip(sorted(params.items()), noise, strict=True)}
+
+
+def _fused(cell, reverse, mask):
+    def run(params, xs, carry):
+        m = None if mask is None else jnp.moveaxis(mask, -1, 0)
+        hs, final, carries = pallas_rnn.run(cell, params, jnp.moveaxis(xs, -2, 0), carry, m,
+                                            reverse=reverse)
+        lead = xs.ndim - 2
+        return (jnp.moveaxis(hs, 0, -2), final,
+                jax.tree.map(lambda c: jnp.moveaxis(c, 0, lead), carries))
+    return run
+
+
+def _loss(outputs):
+    hs, final = outputs[:2]
+    return jnp.sum(jnp.sin(hs)) + sum(jnp.sum(c ** 2) for c in jax.tree.leaves(final))
+
+
+@pytest.mark.parametrize("name", sorted(CELLS))
+@pytest.mark.parametrize("reverse", [False, True])
+def test_fused_equals_scan_with_mask(name, reverse):
+    cell = CELLS[name]
+    batch, steps, feats = (2, 5), 7, 3
+    params = _perturbed_params(cell, feats)
+    xs = jax.random.normal(jax.random.key(1), (*batch, steps, feats))
+    mask = jax.random.bernoulli(jax.random.key(2), 0.7, (*batch, steps))
+    carry = jax.tree.map(lambda z: jax.random.normal(jax.random.key(3), z.shape),
+                         cell.initial_carry(batch))
+    scan = lambda p, x, c: rj.rnn(cell, p, x, c, mask=mask, reverse=reverse,  # noqa: E731
+                                  return_carries=True)
+    fused = _fused(cell, reverse, mask)
+    for want, got in zip(jax.tree.leaves(scan(params, xs, carry)),
+                         jax.tree.leaves(fused(params, xs, carry)), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    g_scan = jax.grad(lambda *a: _loss(scan(*a)), argnums=(0, 1, 2))(params, xs, carry)
+    g_fused = jax.grad(lambda *a: _loss(fused(*a)), argnums=(0, 1, 2))(params, xs, carry)
+    for want, got in zip(jax.tree.leaves(g_scan), jax.tree.leaves(g_fused), strict=True):
+        np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("name", ["elman_tanh", "lstm", "gru"])
+def test_fused_unbatched_unmasked_and_empty_rows(name):
+    """No batch axis, no mask (batch padded to one block), and a zero-length sequence row."""
+    cell = CELLS[name]
+    params = _perturbed_params(cell, 2)
+    xs = jax.random.normal(jax.random.key(4), (6, 2))
+    want = rj.rnn(cell, params, xs)
+    got = _fused(cell, False, None)(params, xs, cell.initial_carry(()))
+    for w, g in zip(jax.tree.leaves(want), jax.tree.leaves(got[:2]), strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+    # lengths 0 and 3: length 0 keeps the initial carry and emits zeros
+    xs2 = jax.random.normal(jax.random.key(5), (2, 6, 2))
+    mask = jnp.arange(6)[None, :] < jnp.array([[0], [3]])
+    want = rj.rnn(cell, params, xs2, mask=mask)
+    got = _fused(cell, False, mask)(params, xs2, cell.initial_carry((2,)))
+    for w, g in zip(jax.tree.leaves(want), jax.tree.leaves(got[:2]), strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+
+
+def test_supported_cells_and_options():
+    assert pallas_rnn.supported(rj.LSTM(8))
+    assert not pallas_rnn.supported(rj.Elman(8), probes=jnp.zeros((3, 8)))
+    assert not pallas_rnn.supported(rj.GRU(8, compute_dtype=jnp.bfloat16))
