@@ -41,6 +41,7 @@ MODELS = ("irnn", "tanh", "lstm", "gru")
 class Config:
     """Full run by default; ``--seq_lens 150,200,300,400 --num_steps ...`` for the paper's range."""
 
+    # sequence lengths T to train at (one run per T and model)
     seq_lens: tuple[int, ...] = (150, 200)
     models: tuple[str, ...] = MODELS
     hidden_size: int = 100
@@ -48,7 +49,7 @@ class Config:
     batch_size: int = 50
     optimizer: str = "adam"
     learning_rate: float = 3e-3
-    irnn_learning_rate: float = 1e-4
+    irnn_learning_rate: float = 1e-4  # the IRNN's learning rate (Le et al. 2015 use a smaller one)
     clip_threshold: float = 1.0
     num_steps: int = 2000
     log_every: int = 50

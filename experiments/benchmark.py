@@ -61,13 +61,13 @@ ISSUE_MS = {
 class Config:
     """A suite; ``impls`` and ``sizes`` ("BxTxH") empty mean the suite's own lists."""
 
-    suite: str = "quick"
-    cells: tuple[str, ...] = harness.CELLS
-    impls: tuple[str, ...] = ()
-    modes: tuple[str, ...] = harness.MODES
-    sizes: tuple[str, ...] = ()
-    repeats: int = 20
-    warmup: int = 3
+    suite: str = "quick"  # named set of sizes and implementations: quick, cpu or gpu
+    cells: tuple[str, ...] = harness.CELLS  # cells to time: elman, lstm, gru
+    impls: tuple[str, ...] = ()  # implementations to time (empty: the suite's)
+    modes: tuple[str, ...] = harness.MODES  # forward (outputs only) and/or train (forward + BPTT)
+    sizes: tuple[str, ...] = ()  # problem sizes as BxTxH (empty: the suite's)
+    repeats: int = 20  # timed calls per implementation (the median is reported)
+    warmup: int = 3  # untimed calls before timing (compilation, caches)
     seed: int = 0
     # also break rnn_jax's step down by XLA operation (rnn_jax.bench.op_profile)
     profile: bool = False

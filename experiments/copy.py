@@ -43,9 +43,9 @@ MODELS = ("tanh", "orthogonal", "identity", "lstm", "lstm_chrono", "gru")
 class Config:
     """Full run by default; ``--delay 200 --num_steps ...`` for the paper's longer delays."""
 
-    delay: int = 100
-    num_symbols: int = 8
-    copy_len: int = 10
+    delay: int = 100  # blank steps between the symbols and the recall marker (T_0)
+    num_symbols: int = 8  # distinct symbols to copy
+    copy_len: int = 10  # symbols per sequence to remember
     models: tuple[str, ...] = MODELS
     hidden_size: int = 64
     num_seeds: int = 1

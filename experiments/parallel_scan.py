@@ -37,12 +37,13 @@ class Config:
     seed: int = 0
     input_size: int = 4
     hidden_size: int = 32  # H of the T sweep
-    lengths: tuple[int, ...] = (256, 1024, 4096, 16384, 65536)
+    lengths: tuple[int, ...] = (256, 1024, 4096, 16384, 65536)  # sequence lengths T of the T sweep
     hidden_sizes: tuple[int, ...] = (8, 16, 64)  # H sweep, at T = h_sweep_length
-    h_sweep_length: int = 4096
+    h_sweep_length: int = 4096  # T of the H sweep
+    # evaluation methods to time: sequential, deer, quasi_deer
     methods: tuple[str, ...] = METHODS
-    repeats: int = 5
-    max_iter: int = 200
+    repeats: int = 5  # timed calls per point (median reported)
+    max_iter: int = 200  # Newton iterations allowed to DEER / quasi-DEER
     gpu_sweep: bool = False  # T up to 2^20, H up to 128 (for an accelerator)
 
     def __post_init__(self):

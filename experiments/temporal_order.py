@@ -40,19 +40,19 @@ class Config:
     """Full run by default (3 lengths x 2 modes x 5 seeds); ``--seq_lens 50,100,150,200`` and
     more ``--num_steps`` come closer to the paper (hours on a CPU)."""
 
-    seq_lens: tuple[int, ...] = (20, 40, 80)
+    seq_lens: tuple[int, ...] = (20, 40, 80)  # sequence lengths T to train at
     num_seeds: int = 5
     hidden_size: int = 50
     spectral_radius: float = 0.95
     learning_rate: float = 0.1
     clip_threshold: float = 1.0
     batch_size: int = 20
-    num_bits: int = 2
+    num_bits: int = 2  # relevant symbols per sequence (2: 4 classes, 3: 8)
     num_steps: int = 10_000
     log_every: int = 100
     eval_examples: int = 10_000
     eval_batch_size: int = 1000
-    success_error: float = 0.01
+    success_error: float = 0.01  # a run succeeds when its test error rate ends below this
     seed: int = 0
     checkpoint_dir: str | None = None
     checkpoint_every: int = 1000

@@ -39,13 +39,15 @@ class Config:
     seed: int = 0
     hidden_size: int = 128
     input_size: int = 16
-    seq_len: int = 200
+    seq_len: int = 200  # T of the random input sequences
     batch_size: int = 32
+    # recurrent gains g (U = g Q, Q orthogonal) to compare
     gains: tuple[float, ...] = (0.5, 0.9, 1.0, 1.1, 1.5)
-    input_scale: float = 1.0
+    input_scale: float = 1.0  # standard deviation of the random inputs
     jacobian_lags: int = 20  # lags (evenly spaced in 1..T-1) at which sigma_max(prod J) is found
     jacobian_batch: int = 4  # sequences used for the Jacobian products and Lyapunov exponents
-    power_iters: int = 20
+    power_iters: int = 20  # power iterations per top singular value
+    # gradient horizon: the first lag k with ||g_k|| < eps ||g_0||
     horizon_eps: float = 1e-3
     bound_rtol: float = 1e-3  # float32 round-off allowed when checking the Pascanu bound
     floor: float = 1e-30  # norms below it (float32 components near underflow) are not used

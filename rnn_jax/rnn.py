@@ -1,8 +1,10 @@
-"""The runner: the project's only ``lax.scan`` over time.
+"""The runner: validate, pick a time loop (``rnn_jax.loops``), run it.
 
 ``rnn`` unrolls any cell over a sequence; ``bidirectional`` runs two cells in opposite
-directions. The input projection ``x_t W + b`` of all steps is computed in one matrix product
-before the loop (hoisted), so the scan body only does the recurrent update.
+directions. Every argument is checked here, before anything is traced; the loops then assume
+valid input. The plain loop (``loops.scan``) computes the input projection ``x_t W + b`` of all
+steps in one matrix product before the loop (hoisted), so its body only does the recurrent
+update; the other loops give the same results faster where they apply.
 
 Masking rule (one rule for left, right and interior padding): on a step whose mask is False
 the carry is left unchanged and the output is zero. Hence the final carry is the carry after

@@ -22,6 +22,9 @@ stored as their ``key_data`` and rebuilt with ``wrap_key_data``. Restoring follo
 ``like``: each leaf comes back as the template leaf's kind (jax array on the template's sharding,
 numpy array or scalar, python scalar, typed key).
 
+The seal itself (hashing, atomic write, validity) is ``seal.py``; what stays here, save and
+restore with their template checks, is one topic and a little over 300 lines.
+
 Scope: one writing process per directory, local file systems; arrays are gathered to the host.
 Nothing here deletes or rewrites a file it did not just write, except ``keep`` pruning older valid
 steps (through orbax) and orbax replacing the leftover temporary directory of a step saved again.

@@ -1,0 +1,58 @@
+"""The experiments CLI: ``list`` one line per experiment, ``run NAME --help`` every config field."""
+
+import dataclasses
+import subprocess
+import sys
+
+import pytest
+
+from experiments import harness
+from experiments.__main__ import _field_comments, describe_config, main
+
+NAMES = harness.experiment_names()
+
+
+def test_char_lm_help_lists_the_training_fields_with_defaults(capsys):
+    assert main(["run", "char_lm", "--help"]) == 0
+    out = capsys.readouterr().out
+    for line in ("--num_steps", "int, default 4000", "--checkpoint_every", "int, default 500",
+                 "--checkpoint_dir", "str | None, default None", "--models",
+                 "tuple[str, ...], default tanh,lstm,gru", "--smoke", "--out DIR"):
+        assert line in out, line
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_field_of_every_experiment_has_type_default_and_description(name, capsys):
+    module = harness.load(name)
+    rows = describe_config(module)
+    assert [r["name"] for r in rows] == [f.name for f in dataclasses.fields(module.Config)]
+    for r in rows:
+        assert r["type"] and r["description"].strip(), (name, r)
+    assert main(["run", name, "-h"]) == 0
+    out = capsys.readouterr().out
+    for r in rows:
+        assert f"--{r['name']}" in out and r["description"] in out
+
+
+def test_field_comments_are_read_from_the_source():
+    @dataclasses.dataclass(frozen=True)
+    class Config:
+        a: int = 1  # trailing
+        # above, line one
+        # line two
+        b: str = "x#y"
+        c: float = 0.5
+
+    assert _field_comments(Config) == {"a": "trailing", "b": "above, line one line two"}
+
+
+def test_help_of_an_unknown_experiment_is_a_clear_error(capsys):
+    assert main(["run", "no_such_experiment", "--help"]) == 2
+    assert "no_such_experiment" in capsys.readouterr().err
+
+
+def test_list_prints_one_line_per_experiment():
+    proc = subprocess.run([sys.executable, "-m", "experiments", "list"], capture_output=True,
+                          text=True, timeout=300, check=True)
+    lines = proc.stdout.strip().splitlines()
+    assert [line.split()[0] for line in lines] == NAMES
