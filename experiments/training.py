@@ -93,7 +93,8 @@ def _identity(keys, model, task, opt_cfg, batch_size, log_every) -> dict:
         "log_every": log_every}))
 
 
-def _init(keys, model, task, opt_cfg):
+def init_states(keys, model, task, opt_cfg):
+    """Step 0 of every seed: ``train.init_state`` per key. Shapes: keys [S] -> leaves [S, ...]."""
     # Eager on purpose: compiling the initialisers' random draws as one program costs seconds,
     # while eager primitives are compiled once per shape and shared by every run.
     optimizer = train.make_optimizer(opt_cfg)
@@ -164,11 +165,11 @@ def train_seeds(keys, model, task, opt_cfg: train.OptimizerConfig, *, num_steps:
     (``RECORDED`` and the probe's names).
     """
     check_schedule(num_steps, log_every, checkpoint_every)
-    like = jax.eval_shape(lambda k: _init(k, model, task, opt_cfg), keys)
+    like = jax.eval_shape(lambda k: init_states(k, model, task, opt_cfg), keys)
     identity = _identity(keys, model, task, opt_cfg, batch_size, log_every)
     start, state, history = resume(checkpoint_dir, like, identity, num_steps)
     if state is None:
-        state, history = _init(keys, model, task, opt_cfg), {"step": []}
+        state, history = init_states(keys, model, task, opt_cfg), {"step": []}
     step = start
     for end in boundaries(start, num_steps, log_every):
         state, summary = _chunk(keys, state, model, task, opt_cfg, batch_size, end - step)
