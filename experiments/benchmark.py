@@ -10,7 +10,9 @@ median of ``repeats`` synchronised calls is reported, compile time separately.
         [--profile true]      (also: where rnn_jax's step spends its time, op by op)
 
 Implementation names: ``rnn_jax`` (``rj.rnn`` with no options), ``rnn_jax:<method>[-u<unroll>]
-[-highest]``, ``flax_linen``, ``torch``, ``torch:tf32``, ``jax_experimental_rnn``.
+[-highest]`` (method: auto, scan, fused, pallas, cudnn, deer, quasi_deer), ``flax_linen``,
+``torch``, ``torch:tf32``, ``jax_experimental_rnn``. An implementation that fails is listed
+with its error under ``failed`` and the suite goes on.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ SUITE_IMPLS = {
     "cpu": ("rnn_jax", "rnn_jax:scan", "rnn_jax:scan-u8", "rnn_jax:fused-u4", "flax_linen",
             "torch", "jax_experimental_rnn"),
     "gpu": ("rnn_jax", "rnn_jax:scan", "rnn_jax:scan-u8", "rnn_jax:fused-u8",
-            "rnn_jax:auto-highest", "flax_linen", "torch", "torch:tf32",
+            "rnn_jax:auto-highest", "rnn_jax:cudnn", "flax_linen", "torch", "torch:tf32",
             "jax_experimental_rnn"),
 }
 # The issue's measurements of one train step (ms): {suite: {(B, T, H): {cell: {impl: ms}}}}.
@@ -127,7 +129,7 @@ def run(cfg: Config) -> dict:
     impls = cfg.impls or SUITE_IMPLS[cfg.suite]
     builders = peers.get_builders(impls)
     load_start = os.getloadavg()
-    records, skipped, rejected, profiles = [], [], [], []
+    records, skipped, rejected, failed, profiles = [], [], [], [], []
     for b, t, h in sizes_of(cfg):
         for cell in cfg.cells:
             for mode in cfg.modes:
@@ -138,10 +140,12 @@ def run(cfg: Config) -> dict:
                 records += out["records"]
                 skipped += out["skipped"]
                 rejected += out["rejected"]
+                failed += out["failed"]
                 profiles += out["profiles"]
     spread = [(r["ms_q75"] - r["ms_q25"]) / r["ms"] for r in records]
     metrics = {
-        "records": records, "skipped": skipped, "rejected": rejected, "profiles": profiles,
+        "records": records, "skipped": skipped, "rejected": rejected, "failed": failed,
+        "profiles": profiles,
         "speedups": speedups(records), "suite": cfg.suite, "impls": list(impls),
         "sizes": [list(s) for s in sizes_of(cfg)], "threads": harness.cpu_threads(),
         "load_average": {"start": list(load_start), "end": list(os.getloadavg())},
@@ -174,7 +178,9 @@ def report(metrics: dict, cfg: Config) -> str:
         f"Load average (1 min) {metrics['load_average']['start'][0]:.1f} at the start, "
         f"{metrics['load_average']['end'][0]:.1f} at the end; median interquartile range of "
         f"the repeats: {100 * (metrics['median_relative_iqr'] or 0):.0f}% of the median.",
-        "", "Path `rnn_jax` (no options) ran: " + "; ".join(metrics["default_path"]) + ".", ""]
+        "", "Path `rnn_jax` (no options) ran: " + "; ".join(metrics["default_path"]) + ".",
+        "Matmul precision per implementation: " + "; ".join(sorted(
+            {f"{r['impl']} {r['precision']} ({r['matmul']})" for r in records})) + ".", ""]
     for cell in cfg.cells:
         for mode in cfg.modes:
             rows = [r for r in records if r["cell"] == cell and r["mode"] == mode]
@@ -219,11 +225,12 @@ def report(metrics: dict, cfg: Config) -> str:
                  if not behind else "rnn_jax is slower than flax.linen or PyTorch on: " + "; ".join(
                      f"{s['cell']} {s['mode']} ({s['B']}, {s['T']}, {s['H']})" for s in behind)
                  + ".")
-    for title, key in (("Skipped", "skipped"), ("Rejected (outputs differ)", "rejected")):
+    for title, key in (("Skipped", "skipped"), ("Rejected (outputs differ)", "rejected"),
+                       ("Failed (the error; the suite went on)", "failed")):
         groups = {}
-        for e in metrics[key]:
-            what = e["reason"] + (f" (max rel. error {e['max_rel_err']:.2g})" if "max_rel_err"
-                                  in e else "")
+        for e in metrics.get(key, []):
+            what = e.get("reason") or f"{e['stage']}: {e['error']}"
+            what += f" (max rel. error {e['max_rel_err']:.2g})" if "max_rel_err" in e else ""
             groups.setdefault((e["impl"], what), set()).add(
                 f"{e['cell']} {e['mode']} ({e['B']}, {e['T']}, {e['H']})")
         if groups:
