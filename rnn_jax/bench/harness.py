@@ -229,7 +229,8 @@ def record(name: str, problem: Problem, b: Built, seconds: list, max_err: float,
 
 
 def run_point(problem: Problem, builders: dict, *, warmup: int = 3, repeats: int = 20,
-              seed: int = 0, min_sample_s: float = 0.01, profile: tuple = ()) -> dict:
+              seed: int = 0, min_sample_s: float = 0.01, profile: tuple = (),
+              deadline: float | None = None) -> dict:
     """Builds, checks and times every implementation on one problem.
 
     ``builders`` maps names to ``builder(problem, data) -> Built`` (raising ``Skip``).
@@ -238,7 +239,8 @@ def run_point(problem: Problem, builders: dict, *, warmup: int = 3, repeats: int
     never timed; one that raises is listed in ``failed`` with its error (and stage: build,
     check, time or profile) while the others go on; each name in ``profile`` that was timed and
     is a JAX implementation gets, after the timing, an ``rnn_jax.bench.op_profile.profile`` of
-    its step (its 12 slowest operations and the totals).
+    its step (its 12 slowest operations and the totals). Past ``deadline`` (a
+    ``time.monotonic()`` value) no further implementation is built: each is skipped as such.
     """
     where = {"cell": problem.cell, "mode": problem.mode, "B": problem.B, "T": problem.T,
              "H": problem.H}
@@ -247,6 +249,10 @@ def run_point(problem: Problem, builders: dict, *, warmup: int = 3, repeats: int
     def fail(name, stage, err):
         out["failed"].append({"impl": name, **where, "stage": stage, "error": error_text(err)})
 
+    if deadline is not None and time.monotonic() > deadline:
+        out["skipped"] = [{"impl": name, **where, "reason": "skipped: time budget spent"}
+                          for name in builders]
+        return out
     try:
         data = problem_data(problem)
         want = reference(problem, data)
@@ -257,6 +263,9 @@ def run_point(problem: Problem, builders: dict, *, warmup: int = 3, repeats: int
     backend = jax.default_backend()
     built, errors = {}, {}
     for name, builder in builders.items():
+        if deadline is not None and time.monotonic() > deadline:
+            out["skipped"].append({"impl": name, **where, "reason": "skipped: time budget spent"})
+            continue
         stage = "build"
         try:
             b = builder(problem, data)
