@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_WORKERS ?= 2
 
-.PHONY: install test lint demo bench clean
+.PHONY: install test lint demo bench gpu-check clean
 
 install: $(STAMP)
 
@@ -30,6 +30,17 @@ demo: install
 
 bench: install
 	$(PY) -m experiments run benchmark --suite quick
+
+# The GPU check (experiments/gpu_check.py, < 8 min on an H200): no install, so it runs on a GPU
+# machine that has its packages but no .venv (then the system $(PYTHON)); results go to
+# benchmarks/<gpu name>/gpu_check/ (GPU_OUT=DIR to choose; GPU_CHECK_ARGS=--smoke for a CPU try).
+GPU_PY ?= $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+gpu-check:
+	@name=$$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n1 \
+	  | sed 's/^NVIDIA //' | tr 'A-Z ' 'a-z-'); out=$(if $(GPU_OUT),$(GPU_OUT),benchmarks/$${name:-cpu}); \
+	echo "gpu-check: $(GPU_PY) -> $$out/gpu_check"; \
+	XLA_PYTHON_CLIENT_PREALLOCATE=false $(GPU_PY) -m experiments run gpu_check --out "$$out" \
+	  $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis .jax_cache results

@@ -8,9 +8,14 @@ median of ``repeats`` synchronised calls is reported, compile time separately.
 
     python -m experiments run benchmark --suite quick|cpu|gpu [--cells lstm,gru] [--impls ...]
         [--profile true]      (also: where rnn_jax's step spends its time, op by op)
+    python -m experiments run benchmark --suite deepbench [--cells lstm] [--modes train]
+        (Baidu's DeepBench RNN training set, the recurrence alone, beside its V100 times:
+        ``rnn_jax.bench.deepbench``; off a GPU only its H = 256 LSTM and H = 512 GRU rows)
 
 Implementation names: ``rnn_jax`` (``rj.rnn`` with no options), ``rnn_jax:<method>[-u<unroll>]
-[-highest]``, ``flax_linen``, ``torch``, ``torch:tf32``, ``jax_experimental_rnn``.
+[-highest]`` (method: auto, scan, fused, pallas, cudnn, deer, quasi_deer), ``flax_linen``,
+``torch``, ``torch:tf32``, ``jax_experimental_rnn``. An implementation that fails is listed
+with its error under ``failed`` and the suite goes on.
 """
 
 from __future__ import annotations
@@ -21,14 +26,14 @@ import os
 
 import numpy as np
 
-from rnn_jax.bench import harness, peers
+from rnn_jax.bench import deepbench, harness, peers
 
 SUITE_IMPLS = {
     "quick": ("rnn_jax", "rnn_jax:scan", "flax_linen", "torch", "jax_experimental_rnn"),
     "cpu": ("rnn_jax", "rnn_jax:scan", "rnn_jax:scan-u8", "rnn_jax:fused-u4", "flax_linen",
             "torch", "jax_experimental_rnn"),
     "gpu": ("rnn_jax", "rnn_jax:scan", "rnn_jax:scan-u8", "rnn_jax:fused-u8",
-            "rnn_jax:auto-highest", "flax_linen", "torch", "torch:tf32",
+            "rnn_jax:auto-highest", "rnn_jax:cudnn", "flax_linen", "torch", "torch:tf32",
             "jax_experimental_rnn"),
 }
 # The issue's measurements of one train step (ms): {suite: {(B, T, H): {cell: {impl: ms}}}}.
@@ -73,14 +78,19 @@ class Config:
     profile: bool = False
 
     def __post_init__(self):
-        if self.suite not in harness.SUITES:
+        if self.suite not in (*harness.SUITES, "deepbench"):
             raise ValueError(f"suite={self.suite!r} is unknown; expected one of "
-                             f"{sorted(harness.SUITES)}")
+                             f"{sorted(harness.SUITES) + ['deepbench']}")
         for name, allowed in (("cells", harness.CELLS), ("modes", harness.MODES)):
             value = getattr(self, name)
             if not value or not set(value) <= set(allowed):
                 raise ValueError(f"{name} must be a non-empty subset of {allowed}, got {value}")
-        peers.get_builders(self.impls)  # unknown names fail here, before any run
+        if self.suite == "deepbench":
+            if not set(self.impls) <= set(deepbench.IMPLS):
+                raise ValueError(f"impls for deepbench must be a subset of {deepbench.IMPLS}, "
+                                 f"got {self.impls}")
+        else:
+            peers.get_builders(self.impls)  # unknown names fail here, before any run
         for size in self.sizes:
             harness.parse_size(size)
         if not isinstance(self.profile, bool):
@@ -123,11 +133,28 @@ def speedups(records: list) -> list[dict]:
     return rows
 
 
+def deepbench_rows(cfg: Config) -> list:
+    """DeepBench's rows for ``cfg.cells`` (elman = its ReLU RNN); off a GPU, those that fit."""
+    names = {"elman": "elman_relu", "lstm": "lstm", "gru": "gru"}
+    import jax
+
+    gpu = jax.default_backend() == "gpu"
+    return [r for r in deepbench.rows() if r.cell in {names[c] for c in cfg.cells}
+            and (gpu or r.fits_cpu())]
+
+
 def run(cfg: Config) -> dict:
+    if cfg.suite == "deepbench":
+        load_start = os.getloadavg()
+        out = deepbench.run_suite(deepbench_rows(cfg), cfg.modes,
+                                  cfg.impls or deepbench.IMPLS, warmup=cfg.warmup,
+                                  repeats=cfg.repeats)
+        return {**out, "suite": "deepbench", "threads": harness.cpu_threads(),
+                "load_average": {"start": list(load_start), "end": list(os.getloadavg())}}
     impls = cfg.impls or SUITE_IMPLS[cfg.suite]
     builders = peers.get_builders(impls)
     load_start = os.getloadavg()
-    records, skipped, rejected, profiles = [], [], [], []
+    records, skipped, rejected, failed, profiles = [], [], [], [], []
     for b, t, h in sizes_of(cfg):
         for cell in cfg.cells:
             for mode in cfg.modes:
@@ -138,10 +165,12 @@ def run(cfg: Config) -> dict:
                 records += out["records"]
                 skipped += out["skipped"]
                 rejected += out["rejected"]
+                failed += out["failed"]
                 profiles += out["profiles"]
     spread = [(r["ms_q75"] - r["ms_q25"]) / r["ms"] for r in records]
     metrics = {
-        "records": records, "skipped": skipped, "rejected": rejected, "profiles": profiles,
+        "records": records, "skipped": skipped, "rejected": rejected, "failed": failed,
+        "profiles": profiles,
         "speedups": speedups(records), "suite": cfg.suite, "impls": list(impls),
         "sizes": [list(s) for s in sizes_of(cfg)], "threads": harness.cpu_threads(),
         "load_average": {"start": list(load_start), "end": list(os.getloadavg())},
@@ -161,6 +190,12 @@ def _fmt_ms(x):
 
 
 def report(metrics: dict, cfg: Config) -> str:
+    if metrics["suite"] == "deepbench":
+        load = metrics["load_average"]
+        return "\n".join([f"{metrics['threads']} CPU threads for XLA; load average (1 min) "
+                          f"{load['start'][0]:.1f} at the start, {load['end'][0]:.1f} at the "
+                          f"end; median of {cfg.repeats} interleaved samples.", ""]
+                         + deepbench.report_lines(metrics))
     records = metrics["records"]
     impls = [i for i in metrics["impls"] if any(r["impl"] == i for r in records)]
     device = sorted({r["device"] for r in records if r["impl"].startswith("rnn_jax")})
@@ -174,7 +209,9 @@ def report(metrics: dict, cfg: Config) -> str:
         f"Load average (1 min) {metrics['load_average']['start'][0]:.1f} at the start, "
         f"{metrics['load_average']['end'][0]:.1f} at the end; median interquartile range of "
         f"the repeats: {100 * (metrics['median_relative_iqr'] or 0):.0f}% of the median.",
-        "", "Path `rnn_jax` (no options) ran: " + "; ".join(metrics["default_path"]) + ".", ""]
+        "", "Path `rnn_jax` (no options) ran: " + "; ".join(metrics["default_path"]) + ".",
+        "Matmul precision per implementation: " + "; ".join(sorted(
+            {f"{r['impl']} {r['precision']} ({r['matmul']})" for r in records})) + ".", ""]
     for cell in cfg.cells:
         for mode in cfg.modes:
             rows = [r for r in records if r["cell"] == cell and r["mode"] == mode]
@@ -219,11 +256,12 @@ def report(metrics: dict, cfg: Config) -> str:
                  if not behind else "rnn_jax is slower than flax.linen or PyTorch on: " + "; ".join(
                      f"{s['cell']} {s['mode']} ({s['B']}, {s['T']}, {s['H']})" for s in behind)
                  + ".")
-    for title, key in (("Skipped", "skipped"), ("Rejected (outputs differ)", "rejected")):
+    for title, key in (("Skipped", "skipped"), ("Rejected (outputs differ)", "rejected"),
+                       ("Failed (the error; the suite went on)", "failed")):
         groups = {}
-        for e in metrics[key]:
-            what = e["reason"] + (f" (max rel. error {e['max_rel_err']:.2g})" if "max_rel_err"
-                                  in e else "")
+        for e in metrics.get(key, []):
+            what = e.get("reason") or f"{e['stage']}: {e['error']}"
+            what += f" (max rel. error {e['max_rel_err']:.2g})" if "max_rel_err" in e else ""
             groups.setdefault((e["impl"], what), set()).add(
                 f"{e['cell']} {e['mode']} ({e['B']}, {e['T']}, {e['H']})")
         if groups:
@@ -265,6 +303,8 @@ def profile_section(profiles: list, records: list) -> list:
 
 
 def figures(metrics: dict, cfg: Config, out_dir):
+    if metrics["suite"] == "deepbench":
+        return []
     from rnn_jax import plotting
 
     records = metrics["records"]

@@ -31,10 +31,10 @@ from rnn_jax.cells.validation import (
     mask_from,
     shape_of,
 )
-from rnn_jax.loops import deer, fused, pallas, scan
+from rnn_jax.loops import cudnn, deer, fused, pallas, scan
 
 MERGES = ("concat", "sum", "mean")
-METHODS = ("auto", "scan", "fused", "pallas", "deer", "quasi_deer")
+METHODS = ("auto", "scan", "fused", "pallas", "deer", "quasi_deer", "cudnn")
 # Largest hidden size for which the fused Pallas kernels keep U on chip (issue: H <= 256).
 PALLAS_MAX_HIDDEN = 256
 
@@ -91,7 +91,9 @@ def rnn(cell, params, xs, carry=None, *, lengths=None, mask=None, reverse=False,
         runs the whole time loop in one fused kernel per direction (``rnn_jax.loops.pallas``;
         Elman, LSTM, GRU; Pallas interpret mode off the GPU); ``"deer"`` / ``"quasi_deer"``
         evaluate the recurrence in parallel over time by Newton iterations
-        (``rnn_jax.loops.deer``; not probes, return_carries, remat).
+        (``rnn_jax.loops.deer``; not probes, return_carries, remat); ``"cudnn"`` runs cuDNN's
+        LSTM through ``jax.experimental.rnn`` (``rnn_jax.loops.cudnn``: rj.LSTM, float32,
+        lengths not mask, a GPU with jax's CUDA plugin; never chosen by ``"auto"``, unmeasured).
 
     Returns:
       ``(hs, carry)`` or ``(hs, carry, carries)``: ``hs: [*batch, T, H]``, ``carry`` the final
@@ -108,6 +110,9 @@ def rnn(cell, params, xs, carry=None, *, lengths=None, mask=None, reverse=False,
         return deer.deer_rnn(cell, params, xs, carry, lengths=lengths, mask=mask,
                              reverse=reverse, time_major=time_major,
                              quasi=method == "quasi_deer")
+    if method == "cudnn":
+        _check_cudnn(cell, params, xs, carry, mask=mask, probes=probes,
+                     return_carries=return_carries, remat=remat)
     path = _select(method, cell, params, probes=probes, return_carries=return_carries,
                    remat=remat)
     xs_tm = xs if time_major else jnp.moveaxis(xs, -2, 0)  # [T, *batch, I]
@@ -130,6 +135,9 @@ def rnn(cell, params, xs, carry=None, *, lengths=None, mask=None, reverse=False,
         # in the carry's dtype, so the scan carry keeps its type (x64 makes plain zeros float64)
         probes = jnp.asarray(probes).astype(carry_dtype)
 
+    if path == "cudnn":  # takes lengths (validated above by mask_from), not a mask
+        hs, final = cudnn.run(params, xs_tm, carry, lengths, reverse=reverse)
+        return (hs if time_major else jnp.moveaxis(hs, 0, -2)), final
     m_tm = None if m is None else jnp.moveaxis(m, -1, 0)  # [T, *batch]
     if path == "pallas":
         hs, final, carries = pallas.run(cell, params, xs_tm, carry, m_tm, reverse=reverse)
@@ -149,6 +157,18 @@ def rnn(cell, params, xs, carry=None, *, lengths=None, mask=None, reverse=False,
         if carries is not None:
             carries = jax.tree.map(lambda c: jnp.moveaxis(c, 0, len(batch_shape)), carries)
     return (hs, final, carries) if return_carries else (hs, final)
+
+
+def _check_cudnn(cell, params, xs, carry, **options):
+    """method="cudnn" runs this request, or a ValueError says why not (before any tracing)."""
+    reasons = cudnn.unsupported(cell, params, xs, carry, **options)
+    if reasons:
+        raise ValueError(f"method='cudnn' does not support {', '.join(reasons)}; "
+                         "use 'auto' or 'scan'")
+    if not cudnn.available():
+        raise ValueError("method='cudnn' needs a GPU with jax's CUDA plugin (jax[cuda]), "
+                         f"which this process lacks (backend {jax.default_backend()!r}); "
+                         "use 'auto' or 'scan'")
 
 
 def merge_directions(h_fwd, h_bwd, merge):
@@ -185,6 +205,10 @@ def bidirectional(fwd_cell, bwd_cell, params, xs, carry=None, *, lengths=None, m
         got = sorted(params) if isinstance(params, dict) else type(params).__name__
         raise ValueError(f"params must be a dict with keys 'fwd' and 'bwd', got {got}")
     c_f, c_b = (None, None) if carry is None else carry
+    if (method == "cudnn" and not return_carries
+            and getattr(fwd_cell, "hidden_size", 0) == getattr(bwd_cell, "hidden_size", 1)):
+        return _cudnn_bidirectional(fwd_cell, bwd_cell, params, xs, (c_f, c_b), lengths=lengths,
+                                    mask=mask, merge=merge, time_major=time_major, remat=remat)
     kw = dict(lengths=lengths, mask=mask, time_major=time_major, unroll=unroll,
               return_carries=return_carries, remat=remat, method=method)
     out_f = rnn(fwd_cell, params["fwd"], xs, c_f, **kw)
@@ -193,3 +217,26 @@ def bidirectional(fwd_cell, bwd_cell, params, xs, carry=None, *, lengths=None, m
     if return_carries:
         return hs, (out_f[1], out_b[1]), (out_f[2], out_b[2])
     return hs, (out_f[1], out_b[1])
+
+
+def _cudnn_bidirectional(fwd_cell, bwd_cell, params, xs, carries, *, lengths, mask, merge,
+                         time_major, remat):
+    """Both directions in one cuDNN call (``rnn_jax.loops.cudnn.run_bidirectional``)."""
+    for cell, p, c in zip((fwd_cell, bwd_cell), (params["fwd"], params["bwd"]), carries,
+                          strict=True):
+        check_xs(cell, p, xs, time_major)
+        _check_cudnn(cell, p, xs, c, mask=mask, remat=remat)
+    xs_tm = xs if time_major else jnp.moveaxis(xs, -2, 0)
+    batch_shape = tuple(xs_tm.shape[1:-1])
+    mask_from(lengths, None, batch_shape, xs_tm.shape[0])  # validates lengths
+    full = []
+    for cell, c in zip((fwd_cell, bwd_cell), carries, strict=True):
+        if c is None:
+            c = cell.initial_carry(batch_shape, jnp.float32)
+        else:
+            check_carry(cell, c, batch_shape, jnp.float32)
+        full.append(c)
+    (hs_f, c_f), (hs_b, c_b) = cudnn.run_bidirectional(params, xs_tm, full, lengths)
+    if not time_major:
+        hs_f, hs_b = jnp.moveaxis(hs_f, 0, -2), jnp.moveaxis(hs_b, 0, -2)
+    return merge_directions(hs_f, hs_b, merge), (c_f, c_b)

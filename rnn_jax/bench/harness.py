@@ -13,6 +13,11 @@ of them alike:
     tok_s  = B * T / (ms / 1000)
 
 Compilation is timed separately (``compile_s``); warm-up calls precede the timed ones.
+
+An implementation that raises (while it is built, checked or timed) is recorded under
+``failed`` with its error, and the others go on. Each record names the path that ran
+(``path``), the matmul precision asked for (``precision``) and what the products then use on
+this device (``matmul``: ``float32`` or ``tf32``).
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from rnn_jax.bench import op_profile
 CELLS = ("elman", "lstm", "gru")
 MODES = ("forward", "train")
 RECORD_KEYS = ("impl", "cell", "mode", "B", "T", "H", "ms", "tok_s", "compile_s", "peak_bytes",
-               "device", "precision")
+               "device", "precision", "matmul", "path")
 SUITES = {  # (B, T, H), I = H
     "quick": ((16, 32, 32),),
     "cpu": ((32, 128, 128), (32, 256, 256), (8, 1024, 64)),
@@ -111,11 +116,25 @@ def relative_error(got: dict, want: dict) -> float:
     return worst
 
 
+def matmul(precision: str, backend: str) -> str:
+    """What float32 products use: ``"tf32"`` (asked for, or JAX's "default" on a GPU, which
+    XLA and cuDNN run as TF32 on Ampere and later) or ``"float32"``."""
+    if precision == "tf32" or (precision == "default" and backend == "gpu"):
+        return "tf32"
+    return "float32"
+
+
 def tolerance(precision: str, backend: str) -> float:
     """The equivalence tolerance for an implementation's matmul precision on ``backend``."""
     if precision == "tf32" or (precision == "default" and backend != "cpu"):
         return TF32_TOLERANCE
     return FLOAT32_TOLERANCE
+
+
+def error_text(err: BaseException, limit: int = 300) -> str:
+    """``Type: message``, its first line cut to ``limit`` characters (for records)."""
+    first = (str(err).strip().splitlines() or [""])[0]
+    return f"{type(err).__name__}: {first[:limit]}"
 
 
 class Built(NamedTuple):
@@ -143,31 +162,51 @@ class Skip(Exception):  # noqa: N818 - a reason, not an error
 
 
 def time_interleaved(built: dict, *, warmup: int, repeats: int, seed: int = 0,
-                     min_sample_s: float = 0.0) -> tuple[dict, dict]:
+                     min_sample_s: float = 0.0, failed: dict | None = None
+                     ) -> tuple[dict, dict]:
     """Wall times (s per call) of ``repeats`` samples per implementation, interleaved.
 
     Each round takes one sample of every implementation, in a fresh random order, so that slow
     phases of a shared machine fall on all of them alike. A sample is ``k`` synchronised calls
     (``k`` chosen after the ``warmup`` calls so that a sample lasts ``min_sample_s``; 1 for
-    calls that long already), divided by ``k``. Returns ``(times, calls_per_sample)``.
+    calls that long already), divided by ``k``. Returns ``(times, calls_per_sample)``. An
+    implementation that raises is dropped from both; with ``failed`` (a dict) its error is
+    stored there under its name, else the error propagates.
     """
     calls = {}
+
+    def drop(name, err):
+        if failed is None:
+            raise err
+        failed[name] = err
+        calls.pop(name, None)
+
     for name, b in built.items():
-        start = time.perf_counter()
-        for _ in range(max(warmup, 1)):
-            b.sync(b.step())
-        per_call = (time.perf_counter() - start) / max(warmup, 1)
+        try:
+            start = time.perf_counter()
+            for _ in range(max(warmup, 1)):
+                b.sync(b.step())
+            per_call = (time.perf_counter() - start) / max(warmup, 1)
+        except Exception as err:  # noqa: BLE001 - recorded, the others go on
+            drop(name, err)
+            continue
         calls[name] = max(1, min(1000, int(np.ceil(min_sample_s / max(per_call, 1e-9)))))
-    times = {name: [] for name in built}
+    times = {name: [] for name in calls}
     order = np.random.default_rng(seed)
     for _ in range(repeats):
-        for name in order.permutation(list(built)):
+        for name in order.permutation(list(times)):
+            if name not in calls:
+                continue
             b, k = built[name], calls[name]
-            start = time.perf_counter()
-            for _ in range(k):
-                b.sync(b.step())
+            try:
+                start = time.perf_counter()
+                for _ in range(k):
+                    b.sync(b.step())
+            except Exception as err:  # noqa: BLE001
+                drop(name, err)
+                continue
             times[name].append((time.perf_counter() - start) / k)
-    return times, calls
+    return {name: t for name, t in times.items() if name in calls}, calls
 
 
 def record(name: str, problem: Problem, b: Built, seconds: list, max_err: float,
@@ -182,6 +221,7 @@ def record(name: str, problem: Problem, b: Built, seconds: list, max_err: float,
         "ms": median, "tok_s": problem.B * problem.T / (median / 1e3),
         "compile_s": b.compile_s, "peak_bytes": b.peak_bytes,
         "device": b.device, "precision": b.precision,
+        "matmul": matmul(b.precision, jax.default_backend()),
         "ms_min": float(ms.min()), "ms_q25": q25, "ms_q75": q75, "repeats": len(seconds),
         "calls_per_sample": calls_per_sample,
         "max_rel_err": max_err, "path": b.path,
@@ -189,48 +229,79 @@ def record(name: str, problem: Problem, b: Built, seconds: list, max_err: float,
 
 
 def run_point(problem: Problem, builders: dict, *, warmup: int = 3, repeats: int = 20,
-              seed: int = 0, min_sample_s: float = 0.01, profile: tuple = ()) -> dict:
+              seed: int = 0, min_sample_s: float = 0.01, profile: tuple = (),
+              deadline: float | None = None) -> dict:
     """Builds, checks and times every implementation on one problem.
 
     ``builders`` maps names to ``builder(problem, data) -> Built`` (raising ``Skip``).
-    Returns ``{"records": [...], "skipped": [...], "rejected": [...], "profiles": [...]}``:
-    an implementation whose outputs differ from the reference beyond ``tolerance`` is
-    rejected, never timed; each name in ``profile`` that was timed and is a JAX
-    implementation gets, after the timing, an ``rnn_jax.bench.op_profile.profile`` of its step
-    (its 12 slowest operations and the totals).
+    Returns ``{"records", "skipped", "rejected", "failed", "profiles"}`` (lists): an
+    implementation whose outputs differ from the reference beyond ``tolerance`` is rejected,
+    never timed; one that raises is listed in ``failed`` with its error (and stage: build,
+    check, time or profile) while the others go on; each name in ``profile`` that was timed and
+    is a JAX implementation gets, after the timing, an ``rnn_jax.bench.op_profile.profile`` of
+    its step (its 12 slowest operations and the totals). Past ``deadline`` (a
+    ``time.monotonic()`` value) no further implementation is built: each is skipped as such.
     """
-    data = problem_data(problem)
-    want = reference(problem, data)
-    backend = jax.default_backend()
-    built, errors, skipped, rejected = {}, {}, [], []
     where = {"cell": problem.cell, "mode": problem.mode, "B": problem.B, "T": problem.T,
              "H": problem.H}
+    out = {"records": [], "skipped": [], "rejected": [], "failed": [], "profiles": []}
+
+    def fail(name, stage, err):
+        out["failed"].append({"impl": name, **where, "stage": stage, "error": error_text(err)})
+
+    if deadline is not None and time.monotonic() > deadline:
+        out["skipped"] = [{"impl": name, **where, "reason": "skipped: time budget spent"}
+                          for name in builders]
+        return out
+    try:
+        data = problem_data(problem)
+        want = reference(problem, data)
+    except Exception as err:  # noqa: BLE001 - nothing can be checked without the reference
+        for name in builders:
+            fail(name, "reference", err)
+        return out
+    backend = jax.default_backend()
+    built, errors = {}, {}
     for name, builder in builders.items():
+        if deadline is not None and time.monotonic() > deadline:
+            out["skipped"].append({"impl": name, **where, "reason": "skipped: time budget spent"})
+            continue
+        stage = "build"
         try:
             b = builder(problem, data)
+            stage = "check"
+            result = b.step()
+            b.sync(result)
+            err = relative_error(b.result(result), want)
         except Skip as why:
-            skipped.append({"impl": name, **where, "reason": f"skipped: {why}"})
+            out["skipped"].append({"impl": name, **where, "reason": f"skipped: {why}"})
             continue
-        out = b.step()
-        b.sync(out)
-        err = relative_error(b.result(out), want)
+        except Exception as e:  # noqa: BLE001 - recorded, the others go on
+            fail(name, stage, e)
+            continue
         limit = tolerance(b.precision, backend)
         if not err <= limit:
-            rejected.append({"impl": name, **where, "max_rel_err": err, "tolerance": limit,
-                             "reason": "outputs differ from the reference"})
+            out["rejected"].append({"impl": name, **where, "max_rel_err": err,
+                                    "tolerance": limit, "path": b.path,
+                                    "reason": "outputs differ from the reference"})
             continue
         built[name], errors[name] = b, err
+    failed = {}
     times, calls = time_interleaved(built, warmup=warmup, repeats=repeats, seed=seed,
-                                    min_sample_s=min_sample_s)
-    records = [record(name, problem, built[name], times[name], errors[name], calls[name])
-               for name in built]
-    profiles = []
+                                    min_sample_s=min_sample_s, failed=failed)
+    for name, err in failed.items():
+        fail(name, "time", err)
+    out["records"] = [record(name, problem, built[name], times[name], errors[name],
+                             calls[name]) for name in built if name in times]
     for name in profile:
-        if name in built and built[name].executable is not None:
+        if name in times and built[name].executable is not None:
             compiled, args = built[name].executable
-            profiles.append({"impl": name, **where, "path": built[name].path,
-                             **op_profile.profile(compiled, *args, top=12)})
-    return {"records": records, "skipped": skipped, "rejected": rejected, "profiles": profiles}
+            try:
+                out["profiles"].append({"impl": name, **where, "path": built[name].path,
+                                        **op_profile.profile(compiled, *args, top=12)})
+            except Exception as err:  # noqa: BLE001
+                fail(name, "profile", err)
+    return out
 
 
 def parse_size(text: str) -> tuple[int, int, int]:

@@ -1,7 +1,8 @@
 """The implementations the benchmark compares, each a builder ``(problem, data) -> Built``.
 
     rnn_jax                 ``rj.rnn`` with no options (``method="auto"``, unroll 1)
-    rnn_jax:<variant>       other options, ``<method>[-u<unroll>][-highest]``, e.g. ``scan-u8``
+    rnn_jax:<variant>       other options, ``<method>[-u<unroll>][-highest]``, e.g. ``scan-u8``;
+                            method in auto, scan, fused, pallas, cudnn, deer, quasi_deer
     flax_linen              ``nn.RNN`` over SimpleCell / OptimizedLSTMCell / GRUCell
     torch                   ``nn.RNN/LSTM/GRU`` in float32 (cuDNN on a GPU with TF32 off)
     torch:tf32              the same with TF32 allowed (GPU only)
@@ -9,6 +10,9 @@
 
 All take the reference's weights (``rnn_jax`` layout, converted) and inputs and return outputs
 in the reference's layout, so ``rnn_jax.bench.harness.run_point`` can check them before timing.
+An rnn_jax record's ``path`` is read from the compiled program where a kernel shows there (a
+Triton or Mosaic GPU custom call: Pallas; cuDNN's RNN call: cuDNN), else it is the runner's
+choice for the method (``fused`` or ``scan``; Pallas off a GPU runs in interpret mode).
 """
 
 from __future__ import annotations
@@ -23,9 +27,14 @@ import numpy as np
 
 import rnn_jax as rj
 from rnn_jax.bench.harness import Built, Skip, cpu_threads
-from rnn_jax.loops import fused
+from rnn_jax.loops import cudnn, fused
 
-_VARIANT = re.compile(r"^(?P<method>auto|scan|fused)(-u(?P<unroll>\d+))?(?P<hi>-highest)?$")
+METHODS = ("auto", "scan", "fused", "pallas", "cudnn", "deer", "quasi_deer")
+_VARIANT = re.compile(r"^(?P<method>" + "|".join(METHODS)
+                      + r")(-u(?P<unroll>\d+))?(?P<hi>-highest)?$")
+# custom-call targets in a compiled program that name the kernel that ran
+KERNEL_CALLS = (("dnn_rnn", "cudnn"), ("triton", "pallas (Triton)"),
+                ("mosaic_gpu", "pallas (Mosaic GPU)"))
 
 
 def _device():
@@ -62,23 +71,40 @@ def _jax_result(mode, to_rj=lambda g: g):
     return result
 
 
+def ran_path(method: str, cell, params, compiled_text: str) -> str:
+    """The time loop a compiled ``rj.rnn`` program runs (see the module docstring)."""
+    calls = set(re.findall(r'custom_call_target="([^"]+)"', compiled_text))
+    for key, name in KERNEL_CALLS:
+        if any(key in c for c in calls):
+            return name
+    path = fused.select(method, cell, params)
+    if path == "pallas" and jax.default_backend() != "gpu":
+        return "pallas (interpret)"
+    return path
+
+
 def rnn_jax(variant: str = ""):
     """Builder for ``rj.rnn``; ``variant`` as ``<method>[-u<unroll>][-highest]`` or ``""``."""
     match = _VARIANT.match(variant or "auto")
     if match is None:
         raise ValueError(f"rnn_jax variant {variant!r} is not <method>[-u<unroll>][-highest] "
-                         "with method in auto, scan, fused")
+                         f"with method in {METHODS}")
     method, unroll = match["method"], int(match["unroll"] or 1)
     precision = "highest" if match["hi"] else "default"
 
     def build(problem, data):
         cell = problem.rj_cell
-        path = fused.select(method, cell, data["params"])
+        if method == "cudnn":
+            if problem.cell != "lstm":
+                raise Skip("cuDNN through jax.experimental.rnn has only the LSTM")
+            if not cudnn.available():
+                raise Skip("needs GPU (jax's CUDA plugin, cuDNN)")
 
         def forward(p, x):
             return rj.rnn(cell, p, x, method=method, unroll=unroll)[0]
 
         compiled, params, xs, compile_s, peak = _jax_built(problem, data, forward, precision)
+        path = ran_path(method, cell, data["params"], compiled.as_text())
         return Built(lambda: compiled(params, xs), jax.block_until_ready,
                      _jax_result(problem.mode), compile_s, peak, _device(), precision,
                      f"{path}, unroll {unroll}", (compiled, (params, xs)))

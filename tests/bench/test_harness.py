@@ -6,9 +6,11 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 
 import importlib.util  # noqa: E402
 
+import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+import rnn_jax as rj  # noqa: E402
 from rnn_jax.bench import harness, peers  # noqa: E402
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
@@ -126,3 +128,68 @@ def test_gpu_only_implementations_are_skipped_on_a_cpu():
     if HAS_TORCH:
         with pytest.raises(harness.Skip, match="TF32 needs a CUDA GPU"):
             peers.builder("torch:tf32")(problem, data)
+
+
+def test_a_failing_implementation_is_recorded_and_the_others_go_on():
+    """Errors at build, at the check and during timing each land in ``failed``; the working
+    implementation is still timed."""
+    problem = harness.Problem("elman", "forward", 2, 3, 4)
+    good = peers.builder("rnn_jax:scan")
+
+    def broken_build(problem, data):
+        raise RuntimeError("no kernel for this\nsecond line")
+
+    def broken_step(problem, data):
+        b = good(problem, data)
+        return b._replace(step=lambda: 1 / 0)
+
+    def broken_later(problem, data):
+        b, calls = good(problem, data), []
+
+        def step():
+            calls.append(1)
+            if len(calls) > 2:
+                raise MemoryError("out of memory")
+            return b.step()
+
+        return b._replace(step=step)
+
+    out = harness.run_point(problem, {"build": broken_build, "check": broken_step,
+                                      "time": broken_later, "scan": good},
+                            warmup=1, repeats=3)
+    assert [r["impl"] for r in out["records"]] == ["scan"]
+    failed = {f["impl"]: f for f in out["failed"]}
+    assert failed["build"]["stage"] == "build"
+    assert failed["build"]["error"] == "RuntimeError: no kernel for this"
+    assert failed["check"]["stage"] == "check" and "ZeroDivisionError" in failed["check"]["error"]
+    assert failed["time"]["stage"] == "time" and "MemoryError" in failed["time"]["error"]
+    assert failed["time"]["H"] == 4 and failed["time"]["cell"] == "elman"
+
+
+def test_the_path_named_is_the_one_in_the_compiled_program():
+    cell = rj.LSTM(4)
+    params = cell.init(jax.random.key(0), 4)
+    kernel = 'custom-call(f32[2]{0} %p), custom_call_target="__gpu$xla.gpu.triton"'
+    assert peers.ran_path("auto", cell, params, kernel) == "pallas (Triton)"
+    assert peers.ran_path("auto", cell, params, 'custom_call_target="cudnn_rnn_ffi"') == "cudnn"
+    assert peers.ran_path("auto", cell, params, "") == "fused"
+    assert peers.ran_path("auto", rj.LSTM(4, compute_dtype=jnp.bfloat16), params, "") == "scan"
+    assert peers.ran_path("quasi_deer", cell, params, "") == "quasi_deer"
+
+
+def test_every_method_has_a_name_and_records_its_path_and_precision():
+    names = [f"rnn_jax:{m}" for m in ("pallas", "deer", "quasi_deer-highest", "cudnn")]
+    out = harness.run_point(harness.Problem("lstm", "train", 2, 3, 4), peers.get_builders(names),
+                            warmup=0, repeats=1)
+    assert out["failed"] == [] and out["rejected"] == []
+    paths = {r["impl"]: r["path"] for r in out["records"]}
+    assert paths["rnn_jax:deer"] == "deer, unroll 1"
+    assert paths["rnn_jax:quasi_deer-highest"] == "quasi_deer, unroll 1"
+    if jax.default_backend() == "cpu":
+        assert paths["rnn_jax:pallas"] == "pallas (interpret), unroll 1"
+        assert out["skipped"][0]["impl"] == "rnn_jax:cudnn"
+    for r in out["records"]:
+        assert r["precision"] == ("highest" if r["impl"].endswith("-highest") else "default")
+        assert r["matmul"] == harness.matmul(r["precision"], jax.default_backend())
+    assert harness.matmul("default", "gpu") == "tf32" == harness.matmul("tf32", "gpu")
+    assert harness.matmul("highest", "gpu") == "float32" == harness.matmul("default", "cpu")

