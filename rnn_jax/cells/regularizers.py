@@ -70,11 +70,10 @@ class _Wrapper:
         prepare = getattr(self.cell, "prepare", None)
         return params if prepare is None else prepare(params)
 
-    def recurrent_matrices(self, params):
-        fn = getattr(self.cell, "recurrent_matrices", None)
-        if fn is None:
-            raise AttributeError("recurrent_matrices")
-        return fn(params)
+    @property
+    def recurrent_matrices(self):
+        """The inner cell's (an AttributeError, as for the inner cell, when it has none)."""
+        return self.cell.recurrent_matrices
 
     def hidden(self, carry):
         return self.cell.hidden(carry["cell"])

@@ -19,10 +19,8 @@ from rnn_jax.rnn import _select  # noqa: E402
 
 I, T, H = 3, 6, 4
 CELLS = {
-    "exprnn": rj.ExpRNN(H),
-    "exprnn-henaff": rj.ExpRNN(H + 1, skew_init="henaff"),
+    "exprnn": rj.ExpRNN(H + 1, skew_init="henaff"),  # odd H: one unit outside the 2x2 blocks
     "indrnn": rj.IndRNN(H, memory=T, min_gain=0.5),
-    "indrnn-tanh": rj.IndRNN(H, activation="tanh"),
     "antisymmetric": rj.AntisymmetricRNN(H, eps=0.5, gamma=0.1),
     "antisymmetric-gated": rj.AntisymmetricRNN(H, eps=0.5, gamma=0.1, gated=True),
     "cornn": rj.CoRNN(H, dt=0.3),
@@ -73,7 +71,6 @@ def loop_oracle(cell, params, xs, carry, mask, probes, reverse=False):
     return jnp.stack(hs, axis=-2), c, carries
 
 
-ORACLE = jax.jit(loop_oracle, static_argnums=(0, 6))
 RUN = jax.jit(rj.rnn, static_argnums=0,
               static_argnames=("reverse", "unroll", "remat", "return_carries"))
 
@@ -90,7 +87,7 @@ def test_runner_equals_step_loop_under_the_whole_contract(name):
     cell = CELLS[name]
     params, xs, carry, mask, probes = case(cell, (3,), 0)
     for reverse, unroll, remat in ((False, 1, False), (True, 3, True)):
-        want = ORACLE(cell, params, xs, carry, mask, probes, reverse)
+        want = loop_oracle(cell, params, xs, carry, mask, probes, reverse)  # eager, op by op
         kw = dict(mask=mask, probes=probes, reverse=reverse, unroll=unroll, remat=remat,
                   return_carries=True)
         assert_trees_close(RUN(cell, params, xs, carry, **kw), want)
@@ -153,23 +150,26 @@ def test_registry_names_and_exports():
     assert rj.get_cell("indrnn", 3, memory=10).bounds()[1] == pytest.approx(2 ** 0.1)
 
 
-@pytest.mark.parametrize("name", sorted(NAMES))
-def test_in_sequence_model_and_stack(name):
-    """Two layers (a bidirectional one too), readout at the last real step, train-step grads."""
-    cell = rj.get_cell(name, H)
-    model = rj.SequenceModel(cell, output_size=2, num_layers=2, bidirectional=True,
-                             readout="last")
+def test_in_sequence_model_and_stack():
+    """Every new cell as one layer of a bidirectional stack, read at the last real step; the
+    logits equal the stack run by hand and the gradients are finite."""
+    cells = tuple(rj.get_cell(name, H) for name in sorted(NAMES))
+    model = rj.SequenceModel(cells, output_size=2, bidirectional=True, readout="last")
     params = model.init(jax.random.key(0), I)
     xs = jax.random.normal(jax.random.key(1), (3, T, I))
     lengths = jnp.array([T, 2, 1])
-    logits = model.apply(params, xs, lengths=lengths)
+    def loss(p):
+        logits = model.apply(p, xs, lengths=lengths)
+        return jnp.sum(logits ** 2), logits
+
+    grads, logits = jax.jit(jax.grad(loss, has_aux=True))(params)
     assert logits.shape == (3, 2)
-    grads = jax.grad(lambda p: jnp.sum(model.apply(p, xs, lengths=lengths) ** 2))(params)
     assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
-    # the same numbers as the stack by hand, sequence 1 alone
-    hs, finals = rj.stack([cell, cell], params["layers"], xs[1:2, :2], bidirectional=True)
-    top = jnp.concatenate([cell.hidden(finals[-1][0]), cell.hidden(finals[-1][1])], -1)
-    want = top @ params["readout"]["V"] + params["readout"]["c"]
+    assert all(np.abs(g["fwd"]["W"]).max() > 0 for g in grads["layers"])
+    # sequence 1 (two real steps) alone, through the stack by hand
+    _, finals = rj.stack(cells, params["layers"], xs[1:2, :2], bidirectional=True)
+    top = jnp.concatenate([cells[-1].hidden(finals[-1][0]), cells[-1].hidden(finals[-1][1])], -1)
+    want = top @ params["readout"]["V"] + params["readout"]["c"][None]
     np.testing.assert_allclose(logits[1:2], want, rtol=2e-5, atol=2e-5)
 
 
@@ -183,8 +183,6 @@ def test_auto_falls_back_to_the_scan_and_diagnostics_run(name):
     assert _select("auto", cell, params, probes=None, return_carries=False, remat=False) == "scan"
     assert fused.select("auto", cell, params) == "scan"
     xs = jax.random.normal(jax.random.key(1), (2, T, I))
-    np.testing.assert_array_equal(rj.rnn(cell, params, xs)[0],
-                                  rj.rnn(cell, params, xs, method="scan")[0])
     rho = diagnostics.recurrent_spectral_radius(cell, params)
     sigma = diagnostics.recurrent_sigma_max(cell, params)
     assert rho.ndim == 1 and np.all(np.isfinite(rho)) and np.all(sigma >= rho - 1e-5)
@@ -204,7 +202,7 @@ def test_jacobian_product_equals_autodiff_of_the_steps():
         _, _, carries = rj.rnn(cell, params, xs, return_carries=True)
         start = jax.tree.map(lambda c: c[0], carries)
 
-        def steps(v, start=start, cell=cell, params=params, xs=xs):
+        def steps(v, cell=cell, params=params, xs=xs, unravel=unravel):
             c = unravel(v)
             for t in (1, 2, 3):
                 c, _ = cell.step(params, c, xs[t])
