@@ -16,12 +16,23 @@ A cell step is a pure function, ``rnn`` unrolls it with ``lax.scan``, ``jax.grad
 unrolled loss is backpropagation through time, and optax applies the clipped update.
 """
 
-from rnn_jax.cells import (
+from rnn_jax.cells import (  # the remedies for vanishing gradients (issue 13)
     GRU,
+    LNLSTM,
     LRU,
     LSTM,
+    MGU,
+    AntisymmetricRNN,
+    CoRNN,
     Elman,
+    ExpRNN,
+    GRUv1,
+    IndRNN,
+    LipschitzRNN,
     MinGRU,
+    PeepholeLSTM,
+    VariationalDropout,
+    Zoneout,
     get_cell,
     initializers,
     irnn,
@@ -51,3 +62,5 @@ __all__ = [
     "stack",
     "torch_like",
 ]
+__all__ += ["MGU", "AntisymmetricRNN", "CoRNN", "ExpRNN", "GRUv1", "IndRNN", "LNLSTM",
+            "LipschitzRNN", "PeepholeLSTM", "VariationalDropout", "Zoneout"]

@@ -125,16 +125,32 @@ class SequenceModel:
         }
         return params
 
-    def initial_carries(self, batch_shape=()) -> list:
-        """Zero carries for every layer (pairs for bidirectional layers)."""
+    def initial_carries(self, batch_shape=(), *, key=None) -> list:
+        """Zero carries for every layer (pairs for bidirectional layers).
+
+        With ``key``, cells that draw noise per sequence (``rnn_jax.cells.regularizers``) get
+        keyed carries (training mode); the others' carries are the same zeros.
+        """
+        keys = iter(jax.random.split(key, 2 * len(self.cells)) if key is not None else [])
+
+        def carry(cell):
+            k = next(keys, None)
+            if k is not None and hasattr(cell, "initial_carry_keyed"):
+                return cell.initial_carry_keyed(k, batch_shape)
+            return cell.initial_carry(batch_shape)
+
         out = []
         for cell in self.cells:
             if self.bidirectional:
                 c_f, c_b = _pair(cell)
-                out.append((c_f.initial_carry(batch_shape), c_b.initial_carry(batch_shape)))
+                out.append((carry(c_f), carry(c_b)))
             else:
-                out.append(cell.initial_carry(batch_shape))
+                out.append(carry(cell))
         return out
+
+    def _noisy(self) -> bool:
+        return any(hasattr(c, "initial_carry_keyed")
+                   for cell in self.cells for c in _pair(cell))
 
     def embed(self, params, xs):
         """The recurrent layers' input sequence e_1..e_T (see the module docstring)."""
@@ -167,7 +183,9 @@ class SequenceModel:
         Args:
           xs: ``[*batch, T, I]`` floats, or ``[*batch, T]`` token ids for a token model.
           lengths / mask: which steps are real (see ``rnn_jax.rnn``).
-          key / deterministic: dropout between layers (training: ``deterministic=False``).
+          key / deterministic: dropout between layers (training: ``deterministic=False``), and
+            the noise of regulariser cells (variational dropout, zoneout) when ``carries`` is
+            None: drawn from ``key`` per sequence in training, deterministic otherwise.
           carries: initial carries (e.g. from the previous window in truncated BPTT).
           return_carries: also return every layer's final carry.
         """
@@ -176,6 +194,9 @@ class SequenceModel:
         if self.readout == "flatten" and steps != self.seq_len:
             raise ValueError(f"xs has T={steps} steps, but readout='flatten' was built for "
                              f"seq_len={self.seq_len}")
+        if carries is None and key is not None and not deterministic and self._noisy():
+            # a stream of its own, so the dropout between layers draws what it drew before
+            carries = self.initial_carries(e.shape[:-2], key=jax.random.fold_in(key, 0x2E0))
         hs, finals = stack(self.cells, params["layers"], e, carries, lengths=lengths, mask=mask,
                            bidirectional=self.bidirectional, merge=self.merge,
                            dropout_rate=self.dropout_rate, key=key, deterministic=deterministic,

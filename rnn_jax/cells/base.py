@@ -150,3 +150,47 @@ class Cell:
         """One time step: ``recur(params, carry, project(params, x))``."""
         return self.recur(params, carry, self.project(params, x))
 
+
+
+@dataclasses.dataclass(frozen=True)
+class InputCell:
+    """Shared fields of the cells whose recurrent parameters are not gate blocks of one U.
+
+    expRNN, IndRNN and the ODE-discretised cells keep the protocol of :class:`Cell` (the input
+    part ``u = x W + b`` hoisted before the loop, a zeros carry ``h``) and bring their own
+    recurrent parameters and initialisation. ``prepare(params)`` returns the parameters that
+    ``recur`` reads (e.g. expRNN's expm(A)); the scan computes it once per sequence, and
+    ``recur`` accepts raw parameters too (it prepares them itself), so every caller is exact.
+    """
+
+    hidden_size: int
+    param_dtype: Any = jnp.float32
+    compute_dtype: Any = None
+
+    num_gates = 1
+
+    def __post_init__(self):
+        check_size("hidden_size", self.hidden_size)
+
+    def _input_params(self, key, input_size, init_name, num_gates=1):
+        """W: [I, G*H] (each gate block drawn separately) and b = 0: [G*H], in float32."""
+        input_size = check_size("input_size", input_size)
+        h = self.hidden_size
+        w_init = inits.get_initializer(init_name)
+        w = jnp.concatenate([w_init(k, (input_size, h), jnp.float32, fan_hidden=h)
+                             for k in jax.random.split(key, num_gates)], axis=1)
+        return {"W": w, "b": jnp.zeros((num_gates * h,), jnp.float32)}
+
+    def _cast(self, params):
+        return jax.tree.map(lambda p: p.astype(self.param_dtype), params)
+
+    def prepare(self, params):
+        """The parameters ``recur`` reads (the identity unless the cell derives some)."""
+        return params
+
+    initial_carry = Cell.initial_carry
+    hidden = Cell.hidden
+    with_hidden = Cell.with_hidden
+    _mm = Cell._mm
+    project = Cell.project
+    step = Cell.step

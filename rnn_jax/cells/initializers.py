@@ -14,6 +14,8 @@ Names:
                       shapes get ones on the main diagonal.
     "small_normal"    N(0, 0.001^2), the IRNN paper's input weights.
     "normal"          N(0, 1/fan_in)  (LeCun normal).
+    "he_normal"       N(0, 2/fan_in)  (He et al. 2015; expRNN's input weights).
+    "glorot_normal"   N(0, 2 / (fan_in + fan_out))  (Glorot & Bengio 2010).
     "torch"           U(-1/sqrt(H), 1/sqrt(H)), PyTorch's nn.RNN/LSTM/GRU default.
     "zeros"           zeros (biases).
 
@@ -73,6 +75,19 @@ def normal(key, shape, dtype=jnp.float32, *, fan_hidden=None):
     return (jax.random.normal(key, shape, jnp.float32) / math.sqrt(shape[0])).astype(dtype)
 
 
+def he_normal(key, shape, dtype=jnp.float32, *, fan_hidden=None):
+    """N(0, 2/fan_in) (He et al. 2015, for ReLU-like units); for shape (fan_in, ...)."""
+    del fan_hidden
+    return (jax.random.normal(key, shape, jnp.float32) * math.sqrt(2.0 / shape[0])).astype(dtype)
+
+
+def glorot_normal(key, shape, dtype=jnp.float32, *, fan_hidden=None):
+    """N(0, 2 / (fan_in + fan_out)) (Glorot & Bengio 2010)."""
+    del fan_hidden
+    std = math.sqrt(2.0 / (shape[0] + shape[-1]))
+    return (std * jax.random.normal(key, shape, jnp.float32)).astype(dtype)
+
+
 def torch_uniform(key, shape, dtype=jnp.float32, *, fan_hidden):
     """U(-k, k), k = 1/sqrt(H): PyTorch's default for every RNN weight and bias."""
     k = 1.0 / math.sqrt(fan_hidden)
@@ -91,6 +106,8 @@ INITIALIZERS: dict[str, Initializer] = {
     "identity": identity,
     "small_normal": small_normal,
     "normal": normal,
+    "he_normal": he_normal,
+    "glorot_normal": glorot_normal,
     "torch": torch_uniform,
     "zeros": zeros,
 }

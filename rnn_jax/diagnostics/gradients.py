@@ -138,9 +138,13 @@ def pascanu_bound(sigma_max, norm_at_lag0, num_lags: int):
 
 # -- the recurrent matrix ---------------------------------------------------------------------
 def _gate_blocks(cell, params):
+    matrices = getattr(cell, "recurrent_matrices", None)
+    if matrices is not None:  # cells without gate blocks of one U say which matrices they have
+        return jnp.asarray(matrices(params), jnp.float32)
     u = params["U"] if isinstance(params, dict) and "U" in params else None
     if u is None:
-        raise ValueError("params must be a dict with a recurrent matrix 'U'")
+        raise ValueError(f"params must be a dict with a recurrent matrix 'U' for "
+                         f"{type(cell).__name__} (a cell without one defines recurrent_matrices)")
     h, g = cell.hidden_size, cell.num_gates
     if u.shape != (h, g * h):
         raise ValueError(f"params['U'] must have shape {(h, g * h)} for this cell, got {u.shape}")
@@ -150,6 +154,10 @@ def _gate_blocks(cell, params):
 def recurrent_spectral_radius(cell, params):
     """rho(U_g) = max |eigenvalue| of each gate block U_g (order of the cell's gates).
 
+    A cell whose recurrent parameters are not gate blocks of one U names its matrices with
+    ``cell.recurrent_matrices(params)`` (expRNN: expm(A); IndRNN: diag(u); AntisymmetricRNN:
+    M - M^T - gamma I; coRNN: W_y, W_z; Lipschitz RNN: A_beta, W_beta), one result per matrix.
+
     Shapes: U [H, G*H] -> [G].
     """
     blocks = _gate_blocks(cell, params)
@@ -157,7 +165,7 @@ def recurrent_spectral_radius(cell, params):
 
 
 def recurrent_sigma_max(cell, params):
-    """sigma_max(U_g), the largest singular value of each gate block.
+    """sigma_max(U_g), the largest singular value of each gate block (or recurrent matrix).
 
     Shapes: U [H, G*H] -> [G].
     """

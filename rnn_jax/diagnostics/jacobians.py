@@ -37,6 +37,13 @@ from rnn_jax.rnn import rnn
 
 
 # -- validation ------------------------------------------------------------------------------
+def _check_cell(cell):
+    if getattr(cell, "stochastic", False):
+        raise ValueError(
+            f"{type(cell).__name__} carries random masks besides the state; the Jacobian "
+            "diagnostics measure a deterministic recurrence: pass its inner cell (.cell)")
+
+
 def _check_xs(xs):
     if not hasattr(xs, "shape") or not hasattr(xs, "dtype"):
         raise TypeError(f"xs must be an array [*batch, T, I], got {type(xs).__name__}")
@@ -86,6 +93,8 @@ def _trajectory(cell, params, xs, carry):
     flats = jax.vmap(lambda c: ravel_pytree(c)[0])(carries)
     prev = jnp.concatenate([flat0[None, :], flats[:-1]], axis=0)
     us = cell.project(params, xs)
+    prepare = getattr(cell, "prepare", None)
+    params = params if prepare is None else prepare(params)  # e.g. expm(A) once, not per step
 
     def step(state, u):
         new, _ = cell.recur(params, unravel(state), u)
@@ -208,6 +217,7 @@ def jacobian_product(cell, params, xs, carry=None, *, start=0, horizon=None):
 
     Shapes: xs [*batch, T, I], carry leaves [*batch, ...] or None (zeros) -> [*batch, D, D].
     """
+    _check_cell(cell)
     _check_xs(xs)
     start, horizon = _window(start, horizon, xs.shape[-2])
     return _run(jax.random.key(0), params, xs, carry, start, horizon, cell=cell, what="dense")
@@ -226,6 +236,7 @@ def top_log_singular_values(key, cell, params, xs, carry=None, *, start=0, horiz
 
     Shapes: xs [*batch, T, I] -> [*batch, k].
     """
+    _check_cell(cell)
     _check_xs(xs)
     start, horizon = _window(start, horizon, xs.shape[-2])
     k = _positive_int("k", k)
@@ -261,6 +272,7 @@ def lyapunov_exponents(cell, params, xs, carry=None, *, start=0, horizon=None, k
 
     Shapes: xs [*batch, T, I] -> [*batch, k].
     """
+    _check_cell(cell)
     _check_xs(xs)
     start, horizon = _window(start, horizon, xs.shape[-2])
     d = _state_size(cell)

@@ -21,6 +21,9 @@ def recurrence(cell, params, carry, xs_tm, *, mask=None, probes=None, reverse=Fa
     -> (hs: [T, *batch, H], final carry, carries: leaves [T, *batch, ...] or None).
     """
     us = cell.project(params, xs_tm)  # hoisted: [T, *batch, G*H] in one product
+    prepare = getattr(cell, "prepare", None)
+    if prepare is not None:  # parameters the steps derive, once per sequence (expRNN's expm(A))
+        params = prepare(params)
 
     def body(c, inp):
         u, m_t, p_t = inp
