@@ -122,7 +122,8 @@ def _steps(key, tau, state, model, task, learning_rate, batch_size, num_steps):
     """``num_steps`` clipped SGD steps of one run; per-step metrics [num_steps]."""
     opt = _optimizer(tau, learning_rate)
     step_fn = train.make_train_step(
-        model, task, train.OptimizerConfig("sgd", learning_rate, clip="none"), optimizer=opt)
+        model, task, train.OptimizerConfig("sgd", learning_rate, clip="none"), optimizer=opt,
+        sampled=True)
 
     def body(st, _):
         st, m = step_fn(st, train.sample_batch(task, key, st.step, batch_size))
