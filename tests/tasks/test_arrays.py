@@ -116,13 +116,13 @@ def test_fit_learns_variable_length_data_and_resumes_exactly(tmp_path):
     model = rj.SequenceModel(rj.GRU(8), task.output_size, readout="last")
     opt = train.OptimizerConfig("adam", 3e-2)
     base = dict(batch_size=16, log_every=5, eval_every=10, eval_split="validation",
-                checkpoint_every=5, progress=False)
+                checkpoint_every=7, progress=False)
     full_state, full = loop.fit(KEY, model, task, opt, loop.LoopConfig(
         num_steps=40, checkpoint_dir=tmp_path / "full", **base))
     losses = [r["loss"] for r in full["train"]]
     assert losses[-1] < 0.7 * losses[0], losses
-    # Resume: 15 steps, then the same run to 40 from the checkpoint at 15.
-    loop.fit(KEY, model, task, opt, loop.LoopConfig(num_steps=15, checkpoint_dir=tmp_path / "r",
+    # Resume: 17 steps (a checkpoint inside the logging window 15..20), then on to 40.
+    loop.fit(KEY, model, task, opt, loop.LoopConfig(num_steps=17, checkpoint_dir=tmp_path / "r",
                                                     **base))
     state, history = loop.fit(KEY, model, task, opt, loop.LoopConfig(
         num_steps=40, checkpoint_dir=tmp_path / "r", **base))
