@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
 
         demo_module.main(out=args.out, smoke=args.smoke)
         return 0
-    except ValueError as err:
+    except (ValueError, TypeError) as err:  # bad flags or config values, before any run
         print(f"error: {err}", file=sys.stderr)
         return 2
 

@@ -112,7 +112,7 @@ class Config:
         return [("copy", t) for t in self.copy_lens] + [("adding", t) for t in self.adding_lens]
 
 
-SMOKE = dict(copy_lens=(6,), adding_lens=(8,), models=("tanh", "lstm_chrono", "gru"),
+SMOKE = dict(copy_lens=(6,), adding_lens=(8,), models=("tanh", "lstm_chrono", "exprnn", "cornn"),
              hidden_size=8, num_seeds=2, batch_size=8, num_steps=10, log_every=5,
              checkpoint_every=5, eval_examples=32, eval_batch_size=32, horizon_batch=4)
 

@@ -4,17 +4,21 @@ One *run* trains S models of one architecture, one per key, in a single compiled
 
     state_s <- train.train(key_s, model, task, opt, num_steps=n, state=state_s)   s = 1..S
 
-called chunk by chunk. Chunks end at every multiple of ``log_every`` and at ``num_steps``; after
-each chunk a record is appended to the history (means over the chunk's steps, per seed), plus
-whatever ``probe(params)`` measures on the parameters (e.g. the spectral radius of U). Every
-``checkpoint_every`` steps (a multiple of ``log_every``) and after the last step, the stacked
-``TrainState`` is saved with ``rnn_jax.training.checkpoint``, the history so far in its metadata.
+called chunk by chunk. Chunks end at every multiple of ``log_every``, at every multiple of
+``checkpoint_every`` and at ``num_steps``. At each multiple of ``log_every`` (and at
+``num_steps``) a record is appended to the history: statistics over the per-step metrics of the
+steps since the previous record, per seed, plus whatever ``probe(params)`` measures on the
+parameters (e.g. the spectral radius of U). Every ``checkpoint_every`` steps (any positive int:
+no other field constrains it) and after the last step, the stacked ``TrainState`` is saved with
+``rnn_jax.training.checkpoint``, with the history so far and the per-step metrics of the
+unfinished logging window (``pending``) in its metadata.
 
 Resume: given a ``checkpoint_dir`` holding checkpoints of the same run (same keys, model, task,
-optimizer, batch size, ``log_every``), the newest one is restored and training continues. The
-batch of step t is drawn from ``fold_in(data_key, t)`` inside ``train.train`` and chunk
-boundaries do not depend on where a run started, so a resumed run makes the same compiled calls
-on the same values as an uninterrupted one and ends bitwise where it ends.
+optimizer, batch size, ``log_every``), the newest one is restored with its pending window and
+training continues. The batch of step t is drawn from ``fold_in(data_key, t)`` inside
+``train.train`` and chunk boundaries do not depend on where a run started, so a resumed run makes
+the same compiled calls on the same values as an uninterrupted one and ends bitwise where it
+ends, with the same history (records are computed on the host from the per-step values).
 
 Shapes: keys [S]; every state leaf [S, ...]; history[name] is a list of records, each [S].
 """
@@ -49,33 +53,71 @@ def eval_key(seed: int):
 
 
 def check_schedule(num_steps: int, log_every: int, checkpoint_every: int) -> None:
-    """Raises ValueError for step counts that cannot define a run's chunks."""
+    """Raises ValueError for step counts that cannot define a run's chunks (each on its own:
+    ``checkpoint_every`` need not relate to ``log_every``)."""
     for name, value, low in (("num_steps", num_steps, 1), ("log_every", log_every, 1),
                              ("checkpoint_every", checkpoint_every, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-    if checkpoint_every % log_every:
-        raise ValueError(f"checkpoint_every={checkpoint_every} must be a multiple of "
-                         f"log_every={log_every} (checkpoints are taken at log records)")
 
 
 def _summary(metrics: dict) -> dict:
-    """Per-chunk statistics of the per-step metrics ``[n]`` over finite steps (NaN if none)."""
-    ok = metrics["finite"]
-    count = jnp.sum(ok)
+    """Statistics of per-step metrics ``[..., n]`` over their last axis, finite steps only
+    (NaN where a window has none). Host NumPy, so a record never depends on the chunking."""
+    ok = np.asarray(metrics["finite"], bool)
+    count = ok.sum(-1)
+    loss, norm = (np.asarray(metrics[k], np.float32) for k in ("loss", "grad_norm"))
 
-    def mean(x):  # NaN, not 0, when every step of the chunk was skipped as non-finite
-        total = jnp.sum(jnp.where(ok, x, 0.0))
-        return jnp.where(count > 0, total / jnp.maximum(count, 1), jnp.nan)
+    def mean(x):  # NaN, not 0, when every step of the window was skipped as non-finite
+        total = np.where(ok, x, 0.0).sum(-1, dtype=np.float64)
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
     return {
-        "loss": mean(metrics["loss"]),
-        "grad_norm": mean(metrics["grad_norm"]),
-        "grad_norm_max": jnp.where(count > 0, jnp.max(jnp.where(ok, metrics["grad_norm"], 0.0)),
-                                   jnp.nan),
-        "clipped": jnp.mean(metrics["clipped"].astype(jnp.float32)),
-        "nonfinite": jnp.sum(~ok).astype(jnp.float32),
+        "loss": mean(loss),
+        "grad_norm": mean(norm),
+        "grad_norm_max": np.where(count > 0, np.where(ok, norm, 0.0).max(-1), np.nan),
+        "clipped": np.asarray(metrics["clipped"], np.float64).mean(-1),
+        "nonfinite": (~ok).sum(-1).astype(np.float64),
     }
+
+
+def extend(pending: dict | None, metrics: dict) -> dict:
+    """The per-step metrics of the logging window so far, ``[..., n]``, with a chunk's appended."""
+    metrics = {k: np.asarray(jax.device_get(v)) for k, v in metrics.items()}
+    if not pending:
+        return metrics
+    return {k: np.concatenate([pending[k], metrics[k]], axis=-1) for k in metrics}
+
+
+def pending_to_json(pending: dict | None) -> dict:
+    """A pending window as strict JSON (non-finite floats as None), for checkpoint metadata."""
+    out = {}
+    for k, v in (pending or {}).items():
+        arr = np.asarray(v)
+        if arr.dtype == np.bool_:
+            out[k] = {"dtype": "bool", "values": arr.tolist()}
+        else:
+            vals = np.where(np.isfinite(arr), arr, np.nan).astype(np.float64)
+            out[k] = {"dtype": arr.dtype.name, "shape": list(arr.shape),
+                      "values": [None if np.isnan(x) else float(x) for x in vals.ravel()]}
+    return out
+
+
+def pending_from_json(data: dict | None) -> dict:
+    """The inverse of :func:`pending_to_json` (non-finite values come back as NaN)."""
+    out = {}
+    for k, v in (data or {}).items():
+        if v["dtype"] == "bool":
+            out[k] = np.asarray(v["values"], bool)
+        else:
+            vals = [np.nan if x is None else x for x in v["values"]]
+            out[k] = np.asarray(vals, np.float64).astype(v["dtype"]).reshape(v["shape"])
+    return out
+
+
+def is_record_step(step: int, num_steps: int, every: int) -> bool:
+    """True at multiples of ``every`` (0: never) and at ``num_steps``."""
+    return step == num_steps or bool(every and step % every == 0)
 
 
 def _task_id(task) -> str:
@@ -108,7 +150,7 @@ def _chunk(keys, state, model, task, opt_cfg, batch_size, num_steps):
     def one(key, st):
         st, metrics = train.train(key, model, task, opt_cfg, num_steps=num_steps,
                                   batch_size=batch_size, state=st)
-        return st, _summary(metrics)
+        return st, {k: metrics[k] for k in ("loss", "grad_norm", "clipped", "finite")}
 
     return jax.vmap(one)(keys, state)
 
@@ -118,22 +160,28 @@ def _eval(params, batch, model, task):
     return jax.vmap(train.make_eval_step(model, task), in_axes=(0, None))(params, batch)
 
 
-def boundaries(start: int, num_steps: int, log_every: int) -> list[int]:
-    """The ends of the chunks after step ``start``: multiples of ``log_every``, and num_steps."""
-    ends = list(range((start // log_every + 1) * log_every, num_steps, log_every))
-    return [*ends, num_steps] if start < num_steps else []
+def boundaries(start: int, num_steps: int, log_every: int, checkpoint_every: int = 0
+               ) -> list[int]:
+    """The ends of the chunks after step ``start``: multiples of ``log_every`` and of
+    ``checkpoint_every`` (0: none), and num_steps; they do not depend on ``start``."""
+    ends = set(range((start // log_every + 1) * log_every, num_steps, log_every))
+    if checkpoint_every:
+        ends |= set(range((start // checkpoint_every + 1) * checkpoint_every, num_steps,
+                          checkpoint_every))
+    return [*sorted(ends), num_steps] if start < num_steps else []
 
 
-def resume(checkpoint_dir, like, identity: dict, num_steps: int):
+def resume(checkpoint_dir, like, identity: dict, num_steps: int, *, with_pending=False):
     """``(step, state, history)`` of the newest checkpoint of this run, or ``(0, None, None)``.
 
     ``like`` is the saved tree's template and ``identity`` the run's JSON identity, stored as
     ``metadata["run"]`` beside ``metadata["history"]``. A checkpoint of a different run, or
     one beyond ``num_steps``, raises ValueError (nothing is written or removed).
+    ``with_pending=True`` appends the unfinished logging window (:func:`pending_from_json`).
     """
     found = None if checkpoint_dir is None else checkpoint.check_compatible(checkpoint_dir, like)
     if found is None:
-        return 0, None, None
+        return (0, None, None, {}) if with_pending else (0, None, None)
     meta = checkpoint.read_metadata(checkpoint_dir, step=found)
     if meta.get("run") != identity:
         diff = sorted(k for k in identity if meta.get("run", {}).get(k) != identity[k])
@@ -142,7 +190,10 @@ def resume(checkpoint_dir, like, identity: dict, num_steps: int):
     if found > num_steps:
         raise ValueError(f"checkpoint_dir {os.fspath(checkpoint_dir)} is at step {found}, "
                          f"beyond num_steps={num_steps}")
-    return found, checkpoint.restore(checkpoint_dir, like, step=found)[0], meta["history"]
+    state = checkpoint.restore(checkpoint_dir, like, step=found)[0]
+    if with_pending:
+        return found, state, meta["history"], pending_from_json(meta.get("pending"))
+    return found, state, meta["history"]
 
 
 def _finite_or_none(x: float):
@@ -167,21 +218,23 @@ def train_seeds(keys, model, task, opt_cfg: train.OptimizerConfig, *, num_steps:
     check_schedule(num_steps, log_every, checkpoint_every)
     like = jax.eval_shape(lambda k: init_states(k, model, task, opt_cfg), keys)
     identity = _identity(keys, model, task, opt_cfg, batch_size, log_every)
-    start, state, history = resume(checkpoint_dir, like, identity, num_steps)
+    start, state, history, pending = resume(checkpoint_dir, like, identity, num_steps,
+                                            with_pending=True)
     if state is None:
         state, history = init_states(keys, model, task, opt_cfg), {"step": []}
     step = start
-    for end in boundaries(start, num_steps, log_every):
-        state, summary = _chunk(keys, state, model, task, opt_cfg, batch_size, end - step)
-        step = end
-        record = {**summary, **(probe(state.params) if probe is not None else {})}
-        history["step"].append(step)
-        for name, value in _host(record).items():
-            history.setdefault(name, []).append(value)
-        if checkpoint_dir is not None and (step == num_steps or (
-                checkpoint_every and step % checkpoint_every == 0)):
-            checkpoint.save(checkpoint_dir, step, state,
-                            metadata={"run": identity, "history": history}, keep=keep)
+    for end in boundaries(start, num_steps, log_every, checkpoint_every):
+        state, metrics = _chunk(keys, state, model, task, opt_cfg, batch_size, end - step)
+        step, pending = end, extend(pending, metrics)
+        if is_record_step(step, num_steps, log_every):
+            record = {**_summary(pending), **(probe(state.params) if probe is not None else {})}
+            history["step"].append(step)
+            for name, value in _host(record).items():
+                history.setdefault(name, []).append(value)
+            pending = {}
+        if checkpoint_dir is not None and is_record_step(step, num_steps, checkpoint_every):
+            checkpoint.save(checkpoint_dir, step, state, keep=keep, metadata={
+                "run": identity, "history": history, "pending": pending_to_json(pending)})
     return state, history
 
 

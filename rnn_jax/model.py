@@ -24,14 +24,25 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from rnn_jax.cells import initializers as inits
 from rnn_jax.cells import lead
-from rnn_jax.cells.validation import is_concrete
-from rnn_jax.rnn import MERGES
+from rnn_jax.cells.validation import check_unroll, is_concrete
+from rnn_jax.rnn import MERGES, METHODS
 from rnn_jax.stack import _pair, init_stack, layer_cells, output_size, stack
 
 READOUTS = ("all", "last", "flatten")
+
+
+def _check_int(name, value, minimum, *, optional=False):
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise TypeError(f"SequenceModel.{name}: expected an int{' or None' if optional else ''}, "
+                        f"got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"SequenceModel.{name}: expected an int >= {minimum}, got {value}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,19 +84,43 @@ class SequenceModel:
     def __post_init__(self):
         if isinstance(self.cell, list):
             object.__setattr__(self, "cell", tuple(self.cell))
-        layer_cells(self.cell, self.num_layers)  # validates num_layers
-        if self.readout not in READOUTS:
-            raise ValueError(
-                f"readout={self.readout!r} is not supported; expected one of {READOUTS}")
-        if self.readout == "flatten" and not (isinstance(self.seq_len, int) and self.seq_len > 0):
-            raise ValueError(
-                f'readout="flatten" needs seq_len (a positive int), got {self.seq_len!r}')
-        if self.merge not in MERGES:
-            raise ValueError(f"merge={self.merge!r} is not supported; expected one of {MERGES}")
-        if not isinstance(self.output_size, int) or self.output_size < 1:
-            raise ValueError(f"output_size must be a positive int, got {self.output_size!r}")
+        _check_int("num_layers", self.num_layers, 1, optional=True)
+        for name in ("bidirectional", "remat"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"SequenceModel.{name}: expected a bool, got "
+                                f"{type(getattr(self, name)).__name__} {getattr(self, name)!r}")
+        cells = layer_cells(self.cell, self.num_layers)
+        for entry in cells:
+            for c in (_pair(entry) if self.bidirectional is True else (entry,)):
+                if not (hasattr(c, "hidden_size") and callable(getattr(c, "step", None))
+                        and callable(getattr(c, "init", None))):
+                    raise TypeError(f"SequenceModel.cell: expected a cell (e.g. rj.GRU(64)) or a "
+                                    f"tuple of cells, got {type(c).__name__} {c!r}")
+        for name, choices in (("readout", READOUTS), ("merge", MERGES), ("method", METHODS)):
+            value = getattr(self, name)
+            if not isinstance(value, str) or value not in choices:
+                raise ValueError(f"SequenceModel.{name}: expected one of {choices}, got {value!r}")
+        _check_int("output_size", self.output_size, 1)
+        for name in ("vocab_size", "embed_size", "input_projection", "seq_len"):
+            _check_int(name, getattr(self, name), 1, optional=True)
+        if self.readout == "flatten" and self.seq_len is None:
+            raise ValueError('SequenceModel.seq_len: readout="flatten" needs seq_len (a positive '
+                             'int), got None')
         if self.vocab_size is not None and self.input_projection is not None:
-            raise ValueError("vocab_size (token inputs) and input_projection are alternatives")
+            raise ValueError("SequenceModel.input_projection: vocab_size (token inputs) and "
+                             "input_projection are alternatives; set one")
+        if self.embed_size is not None and self.vocab_size is None:
+            raise ValueError(f"SequenceModel.embed_size={self.embed_size} needs vocab_size "
+                             "(token inputs)")
+        rate = self.dropout_rate
+        if (isinstance(rate, bool) or not isinstance(rate, int | float | np.number)
+                or not 0.0 <= rate < 1.0):
+            raise ValueError(f"SequenceModel.dropout_rate: expected a float in [0, 1), got "
+                             f"{rate!r}")
+        try:
+            check_unroll(self.unroll)
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"SequenceModel.{err}") from None
 
     @property
     def cells(self) -> tuple:
@@ -124,6 +159,32 @@ class SequenceModel:
             "c": jnp.zeros((self.output_size,)),
         }
         return params
+
+    def check_params(self, params) -> None:
+        """Raises ValueError/TypeError unless ``params`` has the layout ``init`` returns (the
+        groups, and the readout's shape); each layer's own leaves are checked by the runner."""
+        expected = {"layers", "readout"} | ({"embed"} if self.token_inputs else set()) | (
+            {"proj"} if self.input_projection is not None else set())
+        if not isinstance(params, dict) or set(params) != expected:
+            got = sorted(params) if isinstance(params, dict) else type(params).__name__
+            raise ValueError(f"params: expected a dict with keys {sorted(expected)} (from "
+                             f"SequenceModel.init), got {got}")
+        readout = params["readout"]
+        if not isinstance(readout, dict) or set(readout) != {"V", "c"}:
+            raise ValueError(f"params['readout']: expected a dict with keys ['V', 'c'], got "
+                             f"{sorted(readout) if isinstance(readout, dict) else readout!r}")
+        h_top = output_size(self.cells, bidirectional=self.bidirectional, merge=self.merge)
+        want = (h_top * (self.seq_len if self.readout == "flatten" else 1), self.output_size)
+        for leaf, shape in (("V", want), ("c", want[1:])):
+            got = tuple(getattr(readout[leaf], "shape", ()))
+            if got != shape:
+                raise ValueError(f"params['readout']['{leaf}']: expected shape {shape} for "
+                                 f"this SequenceModel, got {got}")
+        layers = params["layers"]
+        if not isinstance(layers, list | tuple) or len(layers) != len(self.cells):
+            got = len(layers) if isinstance(layers, list | tuple) else type(layers).__name__
+            raise ValueError(f"params['layers']: expected a list of {len(self.cells)} layers' "
+                             f"params, got {got}")
 
     def initial_carries(self, batch_shape=(), *, key=None) -> list:
         """Zero carries for every layer (pairs for bidirectional layers).
@@ -189,6 +250,13 @@ class SequenceModel:
           carries: initial carries (e.g. from the previous window in truncated BPTT).
           return_carries: also return every layer's final carry.
         """
+        self.check_params(params)
+        if not (hasattr(xs, "shape") and hasattr(xs, "dtype")):
+            raise TypeError(f"xs: expected an array [*batch, T, I] (or token ids), got "
+                            f"{type(xs).__name__}")
+        for name, value in (("deterministic", deterministic), ("return_carries", return_carries)):
+            if not isinstance(value, bool):
+                raise TypeError(f"{name}: expected a bool, got {type(value).__name__} {value!r}")
         e = self.embed(params, xs)  # validates xs first
         steps = e.shape[-2]
         if self.readout == "flatten" and steps != self.seq_len:

@@ -254,14 +254,44 @@ def test_bad_inputs_raise_informative_errors():
         floats.init(_key(0))
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(readout="first"), r"readout='first'.*'all', 'last'"),
-    (dict(merge="max", bidirectional=True), r"merge='max'.*'concat', 'sum', 'mean'"),
-    (dict(output_size=0), "output_size"),
-    (dict(num_layers=0), "num_layers"),
-    (dict(vocab_size=VOCAB, input_projection=4), "alternatives"),
+@pytest.mark.parametrize("kwargs,error,match", [
+    (dict(readout="first"), ValueError, r"readout: expected one of \('all', 'last'.*'first'"),
+    (dict(merge="max", bidirectional=True), ValueError,
+     r"merge: expected one of \('concat', 'sum', 'mean'\), got 'max'"),
+    (dict(output_size=0), ValueError, "output_size: expected an int >= 1, got 0"),
+    (dict(output_size=2.0), TypeError, "output_size: expected an int, got float"),
+    (dict(num_layers=0), ValueError, "num_layers: expected an int >= 1, got 0"),
+    (dict(vocab_size=VOCAB, input_projection=4), ValueError, "alternatives"),
+    (dict(dropout_rate=1.5), ValueError, r"dropout_rate: expected a float in \[0, 1\), got 1.5"),
+    (dict(dropout_rate=-0.1), ValueError, "dropout_rate"),
+    (dict(dropout_rate="0.1"), ValueError, "dropout_rate"),
+    (dict(bidirectional="yes"), TypeError, "bidirectional: expected a bool, got str"),
+    (dict(remat=1), TypeError, "remat: expected a bool, got int"),
+    (dict(method="loop"), ValueError, "method: expected one of"),
+    (dict(unroll=0), ValueError, "SequenceModel.unroll must be a positive int"),
+    (dict(readout="flatten"), ValueError, "seq_len"),
+    (dict(seq_len=0), ValueError, "seq_len: expected an int >= 1"),
+    (dict(embed_size=4), ValueError, "embed_size=4 needs vocab_size"),
+    (dict(cell="gru"), TypeError, "SequenceModel.cell: expected a cell"),
 ])
-def test_bad_configuration_raises_at_construction(kwargs, match):
+def test_bad_configuration_raises_at_construction(kwargs, error, match):
     kw = dict(cell=rj.Elman(H), output_size=O) | kwargs
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(error, match=match):
         rj.SequenceModel(**kw)
+
+
+def test_params_of_another_layout_raise_naming_params():
+    model = rj.SequenceModel(rj.Elman(H), O, readout="last")
+    params = model.init(_key(0), I)
+    xs = _floats(0, (B, T, I))
+    with pytest.raises(ValueError, match=r"params: expected a dict with keys \['layers', 're"):
+        model.apply({"layers": params["layers"]}, xs)
+    with pytest.raises(ValueError, match=r"params\['readout'\]\['V'\]: expected shape"):
+        model.apply(dict(params, readout={"V": params["readout"]["V"][:, :1],
+                                          "c": params["readout"]["c"]}), xs)
+    with pytest.raises(ValueError, match=r"params\['layers'\]: expected a list of 2"):
+        rj.SequenceModel(rj.Elman(H), O, num_layers=2).apply(params, xs)
+    with pytest.raises(TypeError, match="xs: expected an array"):
+        model.apply(params, [[0.0]])
+    with pytest.raises(TypeError, match="deterministic: expected a bool"):
+        model.apply(params, xs, deterministic="no")

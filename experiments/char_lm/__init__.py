@@ -98,9 +98,7 @@ class Config:
                              f"{self.sample_length}, {self.prompt!r}")
         if not (math.isfinite(self.temperature) and self.temperature >= 0):
             raise ValueError(f"temperature must be a finite float >= 0, got {self.temperature}")
-        if self.checkpoint_every < 0 or (self.checkpoint_every % self.log_every):
-            raise ValueError(f"checkpoint_every={self.checkpoint_every} must be a multiple of "
-                             f"log_every={self.log_every} (0: only at the end)")
+        training.check_schedule(self.num_steps, self.log_every, self.checkpoint_every)
 
     def optimizer_config(self) -> train.OptimizerConfig:
         return train.OptimizerConfig("adam", self.learning_rate, clip="global_norm",
@@ -181,8 +179,7 @@ def _identity(name: str, cfg: Config, model) -> dict:
 
 
 def _summary(m) -> dict:
-    m = jax.device_get(m)
-    ok = np.asarray(m["finite"])
+    ok = np.asarray(m["finite"], bool)
     loss = np.asarray(m["loss"], float)[ok]
     norm = np.asarray(m["grad_norm"], float)[ok]
     return {"loss": float(loss.mean()) if loss.size else None,
@@ -192,12 +189,12 @@ def _summary(m) -> dict:
 
 
 def fit(name: str, cfg: Config, task, val_stream):
-    """Trains model ``name`` with TBPTT in chunks of ``log_every`` updates; checkpoints/resumes.
+    """Trains model ``name`` with TBPTT in chunks; logs every ``log_every`` updates; checkpoints
+    every ``checkpoint_every`` updates (with the unfinished logging window) and resumes.
 
-    Returns ``(model, state, history)``; history holds per chunk the mean training loss (nats),
-    the median and largest pre-clip gradient norm, the clipped fraction and the validation loss
-    (nats) on
-    the first ``val_chars`` validation characters.
+    Returns ``(model, state, history)``; history holds per logging window the mean training loss
+    (nats), the median and largest pre-clip gradient norm, the clipped fraction and the
+    validation loss (nats) on the first ``val_chars`` validation characters.
     """
     model = make_model(name, cfg, task.input_size)
     opt_cfg = cfg.optimizer_config()
@@ -211,31 +208,32 @@ def fit(name: str, cfg: Config, task, val_stream):
     ckpt = None if cfg.checkpoint_dir is None else os.path.join(cfg.checkpoint_dir, name)
     identity = _identity(name, cfg, model)
     like = {"state": state, "carries": carries}
-    start, restored, history = training.resume(ckpt, like, identity, cfg.num_steps)
+    start, restored, history, pending = training.resume(ckpt, like, identity, cfg.num_steps,
+                                                        with_pending=True)
     if restored is None:
         history = {"step": [], "train_loss": [], "grad_norm": [], "grad_norm_max": [],
                    "clipped": [], "nonfinite": [], "val_loss": []}
     else:
         state, carries = restored["state"], restored["carries"]
-    ends = training.boundaries(start, cfg.num_steps, cfg.log_every)
     step = start
-    for end in ends:
+    for end in training.boundaries(start, cfg.num_steps, cfg.log_every, cfg.checkpoint_every):
         state, carries, m = _chunk(state, carries, stream, model, opt_cfg, cfg.window,
                                    end - step)
-        step = end
-        s = _summary(m)
-        val = float(_stream_loss(state.params, val_stream, model, cfg.window))
-        history["step"].append(step)
-        history["train_loss"].append(s["loss"])
-        history["grad_norm"].append(s["grad_norm"])
-        history["grad_norm_max"].append(s["grad_norm_max"])
-        history["clipped"].append(s["clipped"])
-        history["nonfinite"].append(s["nonfinite"])
-        history["val_loss"].append(val if math.isfinite(val) else None)
-        if ckpt is not None and (step == cfg.num_steps or (
-                cfg.checkpoint_every and step % cfg.checkpoint_every == 0)):
-            checkpoint.save(ckpt, step, {"state": state, "carries": carries},
-                            metadata={"run": identity, "history": history}, keep=2)
+        step, pending = end, training.extend(pending, m)
+        if training.is_record_step(step, cfg.num_steps, cfg.log_every):
+            s = _summary(pending)
+            pending = {}
+            val = float(_stream_loss(state.params, val_stream, model, cfg.window))
+            history["step"].append(step)
+            history["train_loss"].append(s["loss"])
+            for k in ("grad_norm", "grad_norm_max", "clipped", "nonfinite"):
+                history[k].append(s[k])
+            history["val_loss"].append(val if math.isfinite(val) else None)
+        if ckpt is not None and training.is_record_step(step, cfg.num_steps,
+                                                        cfg.checkpoint_every):
+            checkpoint.save(ckpt, step, {"state": state, "carries": carries}, keep=2, metadata={
+                "run": identity, "history": history,
+                "pending": training.pending_to_json(pending)})
     return model, state, history
 
 

@@ -41,6 +41,7 @@ import dataclasses
 import functools
 import json
 import math
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -124,7 +125,8 @@ def _steps(key, tau, state, model, task, learning_rate, batch_size, num_steps):
     """``num_steps`` clipped SGD steps of one run; per-step metrics [num_steps]."""
     opt = _optimizer(tau, learning_rate)
     step_fn = train.make_train_step(
-        model, task, train.OptimizerConfig("sgd", learning_rate, clip="none"), optimizer=opt)
+        model, task, train.OptimizerConfig("sgd", learning_rate, clip="none"), optimizer=opt,
+        sampled=True)
 
     def body(st, _):
         st, m = step_fn(st, train.sample_batch(task, key, st.step, batch_size))
@@ -136,23 +138,33 @@ def _steps(key, tau, state, model, task, learning_rate, batch_size, num_steps):
 
 @functools.partial(jax.jit, static_argnums=(3, 4, 5, 6, 7))
 def _chunk(keys, taus, state, model, task, learning_rate, batch_size, num_steps):
-    """Every (multiple, seed) run for ``num_steps`` steps. Shapes: taus [M], state [M, S, ...]."""
+    """Every (multiple, seed) run for ``num_steps`` steps; per-step ``loss``, ``grad_norm``,
+    ``clipped``, ``finite``. Shapes: taus [M], state [M, S, ...], metrics [M, S, num_steps]."""
     def one(key, tau, st):
-        st, m = _steps(key, tau, st, model, task, learning_rate, batch_size, num_steps)
-        ok = m["finite"]
-        count = jnp.sum(ok)
-        return st, {
-            # NaN when every step was skipped: a diverged run has no training loss to report
-            "loss": jnp.where(count > 0, jnp.sum(jnp.where(ok, m["loss"], 0.0))
-                              / jnp.maximum(count, 1), jnp.nan),
-            "grad_norm_median": jnp.nanmedian(jnp.where(ok, m["grad_norm"], jnp.nan)),
-            "grad_norm_max": jnp.max(jnp.where(ok, m["grad_norm"], 0.0)),
-            "clipped": jnp.mean(m["clipped"].astype(jnp.float32)),
-            "nonfinite": jnp.sum(~ok).astype(jnp.float32),
-        }, m["grad_norm"]
+        return _steps(key, tau, st, model, task, learning_rate, batch_size, num_steps)
 
     per_seed = jax.vmap(one, in_axes=(0, None, 0))
     return jax.vmap(per_seed, in_axes=(None, 0, 0))(keys, taus, state)
+
+
+def window_summary(m: dict) -> dict:
+    """Per-run statistics of a logging window's per-step metrics ``[M, S, n]`` (host NumPy, so a
+    record does not depend on how the window was chunked); NaN where no step was finite."""
+    ok = np.asarray(m["finite"], bool)
+    count = ok.sum(-1)
+    norm = np.asarray(m["grad_norm"], np.float32)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN windows: a diverged run
+        median = np.nanmedian(np.where(ok, norm, np.nan), axis=-1)
+    total = np.where(ok, np.asarray(m["loss"], np.float32), 0.0).sum(-1, dtype=np.float64)
+    return {
+        # NaN when every step was skipped: a diverged run has no training loss to report
+        "loss": np.where(count > 0, total / np.maximum(count, 1), np.nan),
+        "grad_norm_median": median,
+        "grad_norm_max": np.where(ok, norm, 0.0).max(-1),
+        "clipped": np.asarray(m["clipped"], np.float64).mean(-1),
+        "nonfinite": (~ok).sum(-1).astype(np.float64),
+    }
 
 
 def calibrate(cfg: Config, keys, model, task) -> dict:
@@ -164,9 +176,9 @@ def calibrate(cfg: Config, keys, model, task) -> dict:
     """
     state = _stacked_init(keys, model, task, cfg)
     taus = jnp.full((len(cfg.multiples),), jnp.inf, jnp.float32)
-    _, _, norms = _chunk(keys, taus, state, model, task, cfg.learning_rate, cfg.batch_size,
-                         cfg.calib_steps)
-    norms = np.asarray(jax.device_get(norms[0]), float)  # [S, calib_steps]
+    _, m = _chunk(keys, taus, state, model, task, cfg.learning_rate, cfg.batch_size,
+                  cfg.calib_steps)
+    norms = np.asarray(jax.device_get(m["grad_norm"][0]), float)  # [S, calib_steps]
     norms = norms[np.isfinite(norms)]
     if norms.size == 0:
         raise ValueError("every calibration step was non-finite; lower learning_rate or "
@@ -196,24 +208,27 @@ def sweep(cfg: Config, keys, taus, model, task):
     state = _stacked_init(keys, model, task, cfg)
     identity = _identity(cfg)
     ckpt = cfg.checkpoint_dir
-    start, restored, history = training.resume(ckpt, state, identity, cfg.num_steps)
+    start, restored, history, pending = training.resume(ckpt, state, identity, cfg.num_steps,
+                                                        with_pending=True)
     if restored is None:
         history = {"step": []}
     else:
         state = restored
     step = start
-    ends = training.boundaries(start, cfg.num_steps, cfg.log_every)
-    for end in ends:
-        state, summary, _ = _chunk(keys, taus, state, model, task, cfg.learning_rate,
-                                cfg.batch_size, end - step)
-        step = end
-        history["step"].append(step)
-        for name, value in _host(summary).items():
-            history.setdefault(name, []).append(value)  # [records][M][S]
-        if ckpt is not None and (step == cfg.num_steps or (
-                cfg.checkpoint_every and step % cfg.checkpoint_every == 0)):
-            checkpoint.save(ckpt, step, state, metadata={"run": identity, "history": history},
-                            keep=2)
+    for end in training.boundaries(start, cfg.num_steps, cfg.log_every, cfg.checkpoint_every):
+        state, m = _chunk(keys, taus, state, model, task, cfg.learning_rate, cfg.batch_size,
+                          end - step)
+        step, pending = end, training.extend(pending, m)
+        if training.is_record_step(step, cfg.num_steps, cfg.log_every):
+            history["step"].append(step)
+            for name, value in _host(window_summary(pending)).items():
+                history.setdefault(name, []).append(value)  # [records][M][S]
+            pending = {}
+        if ckpt is not None and training.is_record_step(step, cfg.num_steps,
+                                                        cfg.checkpoint_every):
+            checkpoint.save(ckpt, step, state, keep=2, metadata={
+                "run": identity, "history": history,
+                "pending": training.pending_to_json(pending)})
     return state, history
 
 

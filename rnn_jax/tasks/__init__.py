@@ -4,7 +4,12 @@ Every task follows one protocol (see ``protocol.py``): ``input_size``, ``output_
 ``readout`` ("last" | "all"), ``kind`` ("regression" | "classification"), ``token_inputs``,
 ``seq_len``, ``sample(key, batch_size) -> {"xs", "ys", "mask"}`` (pure, jit/vmap-able),
 ``loss(outputs, batch)``, ``metrics(outputs, batch)`` and the chance-level loss ``baseline``.
-Data-set tasks add ``split(name)``.
+Data-set tasks add ``split(name)``. ``array_task`` makes a task of your own padded sequences.
+
+``fixed_length`` is True for the tasks whose every sequence has all ``seq_len`` steps (adding
+without ``min_len``, copy memory, temporal order, MNIST-1D, digits, Shakespeare): training leaves
+their own all-True masks out of the runner, and refuses a batch whose mask has a False step
+(ValueError naming ``mask``). ``ArrayTask`` is never fixed-length.
 
 ``get_task(name, **kwargs)`` builds a task by name; ``task_names()`` lists the names.
 """
@@ -12,6 +17,7 @@ Data-set tasks add ``split(name)``.
 from types import MappingProxyType
 
 from .adding import Adding
+from .arrays import ArrayTask, array_task
 from .copy_memory import CopyMemory
 from .datasets import SequenceDataset, digits_task, mnist1d_task, sequence_dataset
 from .protocol import validate_batch_size, validate_key
@@ -22,6 +28,8 @@ from .text import CharLM, char_lm_task, char_vocab
 
 __all__ = [
     "Adding",
+    "ArrayTask",
+    "array_task",
     "CopyMemory",
     "TemporalOrder",
     "SequenceDataset",
@@ -46,6 +54,7 @@ __all__ = [
 _REGISTRY = MappingProxyType(
     {
         "adding": Adding,
+        "arrays": array_task,
         "copy_memory": CopyMemory,
         "temporal_order": TemporalOrder,
         "mnist1d": mnist1d_task,
@@ -65,8 +74,9 @@ def get_task(name: str, **kwargs):
 
     Names: "adding" (:class:`Adding`), "copy_memory" (:class:`CopyMemory`), "temporal_order"
     (:class:`TemporalOrder`), "mnist1d" (:func:`mnist1d_task`), "digits" (:func:`digits_task`),
-    "shakespeare" (:func:`shakespeare_task`). E.g. ``get_task("adding", seq_len=200,
-    variant="mean")``.
+    "shakespeare" (:func:`shakespeare_task`), "arrays" (:func:`array_task`: your own padded
+    sequences, ``get_task("arrays", xs=xs, ys=ys, lengths=lengths)``). E.g.
+    ``get_task("adding", seq_len=200, variant="mean")``.
     """
     if not isinstance(name, str):
         raise TypeError(f"name: expected a task name str, got {type(name).__name__}")

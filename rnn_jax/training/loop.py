@@ -46,6 +46,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
+from rnn_jax.tasks.protocol import validate_key
 from rnn_jax.training import checkpoint, logs, parallel, train
 
 NONFINITE = ("skip", "raise")
@@ -90,7 +91,7 @@ class LoopConfig:
     dropout: bool = False
 
     def __post_init__(self):
-        for name, minimum in (("num_steps", 0), ("batch_size", 1), ("eval_every", 0),
+        for name, minimum in (("num_steps", 1), ("batch_size", 1), ("eval_every", 0),
                               ("log_every", 1), ("checkpoint_every", 0)):
             _int(name, getattr(self, name), minimum)
         _int("eval_batch_size", self.eval_batch_size, 1, optional=True)
@@ -101,7 +102,12 @@ class LoopConfig:
                 raise TypeError(f"LoopConfig.{name} must be a path or None, got {value!r}")
         if self.eval_split is not None and not isinstance(self.eval_split, str):
             raise TypeError(f"LoopConfig.eval_split must be a str or None, got {self.eval_split!r}")
-        if self.on_nonfinite not in NONFINITE:
+        for name in ("progress", "dropout"):
+            value = getattr(self, name)
+            if not isinstance(value, bool | np.bool_):
+                raise TypeError(f"LoopConfig.{name} must be a bool, got {type(value).__name__} "
+                                f"{value!r}")
+        if not isinstance(self.on_nonfinite, str) or self.on_nonfinite not in NONFINITE:
             raise ValueError(f"LoopConfig.on_nonfinite={self.on_nonfinite!r} is unknown; "
                              f"expected one of {NONFINITE}")
 
@@ -219,10 +225,12 @@ def fit(key, model, task, opt_cfg: train.OptimizerConfig, loop_cfg: LoopConfig, 
     left the parameters unchanged); re-raises KeyboardInterrupt after closing the logs.
     """
     cfg = loop_cfg
+    key = validate_key(key)
     if not isinstance(cfg, LoopConfig):
         raise TypeError(f"loop_cfg must be a LoopConfig, got {type(cfg).__name__}")
     if not isinstance(opt_cfg, train.OptimizerConfig):
         raise TypeError(f"opt_cfg must be a train.OptimizerConfig, got {type(opt_cfg).__name__}")
+    train.check_training_args(model, task, opt_cfg)
     if eval_fn is not None and eval_batch is not None:
         raise ValueError("pass eval_fn or eval_batch, not both")
     if mesh is not None:

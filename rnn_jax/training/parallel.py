@@ -158,7 +158,7 @@ def make_parallel_train_step(model, task, opt_cfg: train.OptimizerConfig, mesh, 
 
 
 def _sampled_step(state, key, *, model, task, opt_cfg, batch_size, dropout, mesh, optimizer):
-    step_fn = train.make_train_step(model, task, opt_cfg, optimizer)
+    step_fn = train.make_train_step(model, task, opt_cfg, optimizer, sampled=True)
     batch = train.sample_batch(task, key, state.step, batch_size)
     if mesh is not None:
         batch = constrain_batch(batch, mesh)
@@ -207,7 +207,7 @@ def parallel_train(key, model, task, opt_cfg: train.OptimizerConfig, *, num_step
     optimizer = train.make_optimizer(opt_cfg)
     if state is None:
         state = train.init_state(key, model, task, optimizer)
-    step_fn = train.make_train_step(model, task, opt_cfg, optimizer)
+    step_fn = train.make_train_step(model, task, opt_cfg, optimizer, sampled=True)
 
     def run(state, key):
         def body(s, _):

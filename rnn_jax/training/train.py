@@ -17,11 +17,15 @@ resumed from a checkpoint at step s continues exactly as if it had never stopped
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+
+from rnn_jax.cells.validation import is_concrete
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "rmsprop")
 SCHEDULES = ("constant", "cosine", "warmup_cosine", "exponential", "linear")
@@ -59,24 +63,45 @@ class OptimizerConfig:
     weight_decay: float = 0.0
 
     def __post_init__(self):
-        if self.name not in OPTIMIZERS:
-            raise ValueError(
-                f"optimizer name={self.name!r} is unknown; expected one of {OPTIMIZERS}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule={self.schedule!r} is unknown; expected one of {SCHEDULES}")
-        if self.clip not in CLIPS:
-            raise ValueError(f"clip={self.clip!r} is unknown; expected one of {CLIPS}")
-        if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
-        if self.clip != "none" and not self.clip_threshold > 0:
-            raise ValueError(f"clip_threshold must be > 0, got {self.clip_threshold}")
-        if self.warmup_steps < 0 or self.decay_steps < 1:
-            raise ValueError(
-                f"warmup_steps must be >= 0 and decay_steps >= 1, got {self.warmup_steps}, "
-                f"{self.decay_steps}"
-            )
-        if self.weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        for name, choices in (("name", OPTIMIZERS), ("schedule", SCHEDULES), ("clip", CLIPS)):
+            value = getattr(self, name)
+            if not isinstance(value, str) or value not in choices:
+                raise ValueError(f"OptimizerConfig.{name}: expected one of {choices}, got "
+                                 f"{value!r}")
+        _check_number("learning_rate", self.learning_rate, low=0.0, low_open=True)
+        _check_number("momentum", self.momentum, low=0.0, high=1.0)
+        _check_bool("OptimizerConfig.nesterov", self.nesterov)
+        _check_int("OptimizerConfig.warmup_steps", self.warmup_steps, 0)
+        _check_int("OptimizerConfig.decay_steps", self.decay_steps, 1)
+        _check_number("end_factor", self.end_factor, low=0.0)
+        _check_number("clip_threshold", self.clip_threshold, low=0.0,
+                      low_open=self.clip != "none")
+        _check_number("weight_decay", self.weight_decay, low=0.0)
+
+
+def _check_bool(name, value):
+    if not isinstance(value, bool | np.bool_):
+        raise TypeError(f"{name}: expected a bool, got {type(value).__name__} {value!r}")
+
+
+def _check_int(name, value, minimum):
+    if isinstance(value, bool | np.bool_) or not isinstance(value, int | np.integer):
+        raise TypeError(f"{name}: expected an int, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name}: expected an int >= {minimum}, got {value}")
+
+
+def _check_number(name, value, *, low, high=None, low_open=False):
+    """A finite real OptimizerConfig field in [low, high] ((low, ...] when ``low_open``)."""
+    if isinstance(value, bool | np.bool_) or not isinstance(value, int | float | np.number):
+        raise TypeError(f"OptimizerConfig.{name}: expected a float, got {type(value).__name__} "
+                        f"{value!r}")
+    bad = (not math.isfinite(value) or value < low or (low_open and value == low)
+           or (high is not None and value > high))
+    if bad:
+        lo = f"> {low}" if low_open else f">= {low}"
+        rng = lo if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"OptimizerConfig.{name}: expected a finite number {rng}, got {value}")
 
 
 def learning_rate_schedule(cfg: OptimizerConfig) -> optax.Schedule:
@@ -159,11 +184,18 @@ def sample_batch(task, key, step, batch_size: int) -> dict:
 
 
 def check_batch(model, task, batch) -> None:
-    """Raises a ValueError when a batch does not fit the model and task (before tracing)."""
+    """Raises ValueError/TypeError when a batch does not fit the model and task (shapes only).
+
+    Works on tracers. A fixed-length task (``task.fixed_length``) refuses a concrete mask with a
+    False step: its data have every step real, so such a mask means variable-length data that
+    belong in :func:`rnn_jax.tasks.array_task`.
+    """
     if not isinstance(batch, dict) or "xs" not in batch or "ys" not in batch:
         got = sorted(batch) if isinstance(batch, dict) else type(batch).__name__
-        raise ValueError(f"batch must be a dict with 'xs', 'ys' (and 'mask'), got {got}")
+        raise ValueError(f"batch: expected a dict with 'xs', 'ys' (and 'mask'), got {got}")
     xs = batch["xs"]
+    if not hasattr(xs, "shape") or not hasattr(xs, "dtype"):
+        raise TypeError(f"batch['xs']: expected an array, got {type(xs).__name__}")
     if model.token_inputs:
         if xs.ndim != 2:
             raise ValueError(f"batch['xs'] must be token ids [B, T] for this model, got {xs.shape}")
@@ -173,13 +205,45 @@ def check_batch(model, task, batch) -> None:
             f"{type(task).__name__}, got {tuple(xs.shape)}"
         )
     mask = batch.get("mask")
-    if mask is not None and tuple(mask.shape) != tuple(xs.shape[:2]):
+    if mask is None:
+        return
+    if not hasattr(mask, "shape") or not hasattr(mask, "dtype"):
+        raise TypeError(f"batch['mask']: expected a bool array, got {type(mask).__name__}")
+    if tuple(mask.shape) != tuple(xs.shape[:2]):
         raise ValueError(f"batch['mask'] must have shape {tuple(xs.shape[:2])}, got {mask.shape}")
+    if mask.dtype != jnp.bool_:
+        raise TypeError(f"batch['mask']: expected dtype bool, got {mask.dtype}")
+    _fixed_length_mask(task, mask)
 
 
-def model_outputs(model, task, params, batch, *, key=None, deterministic=True):
-    """The model's outputs on a batch; the mask is passed unless the task is fixed-length."""
-    mask = None if getattr(task, "fixed_length", False) else batch.get("mask")
+def _fixed_length_mask(task, mask):
+    """``mask`` for the runner: None when it is known all True (a fixed-length task's)."""
+    if mask is None or not getattr(task, "fixed_length", False):
+        return mask
+    if not is_concrete(mask):
+        return mask  # under jit it cannot be inspected: honour it (exact, only slower)
+    real = np.asarray(mask)
+    if not real.all():
+        raise ValueError(
+            f"batch['mask']: task {type(task).__name__} is fixed-length (every step real), but "
+            f"the mask marks {int(real.size - real.sum())} of {real.size} steps as padding; "
+            "train on variable-length data with rnn_jax.tasks.array_task")
+    return None
+
+
+def model_outputs(model, task, params, batch, *, key=None, deterministic=True, sampled=False):
+    """The model's outputs on a batch, honouring its mask (readout "last" at the last real step).
+
+    ``sampled=True`` says the batch came from ``task.sample``: a fixed-length task's own mask is
+    all True by its contract, so it is left out of the runner (the faster path; same values).
+    Otherwise the mask is passed, except a concrete all-True mask of a fixed-length task; a
+    concrete one with False steps for such a task raises (see :func:`check_batch`).
+    """
+    mask = batch.get("mask")
+    if sampled and getattr(task, "fixed_length", False):
+        mask = None
+    else:
+        mask = _fixed_length_mask(task, mask)
     return model.apply(params, batch["xs"], mask=mask, key=key, deterministic=deterministic)
 
 
@@ -192,20 +256,28 @@ def _clipped(cfg: OptimizerConfig, grads, grad_norm):
     return jnp.zeros((), bool)
 
 
-def make_train_step(model, task, opt_cfg: OptimizerConfig, optimizer=None):
+def make_train_step(model, task, opt_cfg: OptimizerConfig, optimizer=None, *, sampled=False):
     """Builds the pure train step ``(state, batch, key=None) -> (state, metrics)``.
 
     metrics: ``loss``, ``grad_norm`` (global norm before clipping), ``clipped`` (bool),
     ``param_norm``, ``update_norm``, ``finite`` (bool; False means the update was skipped).
-    ``key`` drives dropout (training mode when given).
+    ``key`` drives dropout (training mode when given). The batch's mask is honoured in the
+    outputs and the loss; ``sampled=True`` when every batch comes from ``task.sample`` (see
+    :func:`model_outputs`).
     """
+    check_training_args(model, task, opt_cfg)
+    _check_bool("sampled", sampled)
     optimizer = make_optimizer(opt_cfg) if optimizer is None else optimizer
 
     def loss_fn(params, batch, key):
-        outputs = model_outputs(model, task, params, batch, key=key, deterministic=key is None)
+        outputs = model_outputs(model, task, params, batch, key=key, deterministic=key is None,
+                                sampled=sampled)
         return task.loss(outputs, batch)
 
     def train_step(state: TrainState, batch, key=None):
+        if not isinstance(state, TrainState):
+            raise TypeError(f"state: expected a train.TrainState, got {type(state).__name__}")
+        check_batch(model, task, batch)
         loss, grads = jax.value_and_grad(loss_fn)(state.params, batch, key)
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
@@ -232,12 +304,30 @@ def make_train_step(model, task, opt_cfg: OptimizerConfig, optimizer=None):
 
 
 def make_eval_step(model, task):
-    """``(params, batch) -> task.metrics(outputs, batch)`` in inference mode."""
+    """``(params, batch) -> task.metrics(outputs, batch)`` in inference mode (mask honoured)."""
+    check_training_args(model, task)
 
     def eval_step(params, batch):
+        check_batch(model, task, batch)
         return task.metrics(model_outputs(model, task, params, batch), batch)
 
     return eval_step
+
+
+def check_training_args(model, task, opt_cfg=None) -> None:
+    """TypeError unless ``model`` has ``init``/``apply``, ``task`` follows the task protocol
+    (``sample``, ``loss``, ``metrics``, ``input_size``) and ``opt_cfg`` is an OptimizerConfig."""
+    if not (callable(getattr(model, "init", None)) and callable(getattr(model, "apply", None))
+            and hasattr(model, "token_inputs")):
+        raise TypeError(f"model: expected a SequenceModel (init, apply, token_inputs), got "
+                        f"{type(model).__name__}")
+    missing = [a for a in ("sample", "loss", "metrics", "input_size") if not hasattr(task, a)]
+    if missing:
+        raise TypeError(f"task: expected a task (rnn_jax.tasks protocol), got "
+                        f"{type(task).__name__} without {missing}")
+    if opt_cfg is not None and not isinstance(opt_cfg, OptimizerConfig):
+        raise TypeError(f"opt_cfg: expected a train.OptimizerConfig, got "
+                        f"{type(opt_cfg).__name__}")
 
 
 def train(key, model, task, opt_cfg: OptimizerConfig, *, num_steps: int, batch_size: int,
@@ -249,8 +339,13 @@ def train(key, model, task, opt_cfg: OptimizerConfig, *, num_steps: int, batch_s
 
     Returns ``(state, metrics)`` with every metric stacked over steps: ``[num_steps]``.
     """
+    _check_int("num_steps", num_steps, 1)
+    _check_int("batch_size", batch_size, 1)
+    _check_bool("dropout", dropout)
+    if state is not None and not isinstance(state, TrainState):
+        raise TypeError(f"state: expected a train.TrainState or None, got {type(state).__name__}")
     optimizer = make_optimizer(opt_cfg)
-    step_fn = make_train_step(model, task, opt_cfg, optimizer)
+    step_fn = make_train_step(model, task, opt_cfg, optimizer, sampled=True)
     keys = run_keys(key)
     if state is None:
         state = init_state(key, model, task, optimizer)

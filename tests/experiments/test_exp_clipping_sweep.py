@@ -15,7 +15,7 @@ import pytest  # noqa: E402
 from experiments import clipping_sweep as cs  # noqa: E402
 from experiments import harness, training  # noqa: E402
 from rnn_jax.tasks import Adding  # noqa: E402
-from rnn_jax.training import train  # noqa: E402
+from rnn_jax.training import checkpoint, train  # noqa: E402
 
 pytest.importorskip("matplotlib")
 
@@ -28,7 +28,9 @@ def _result(tmp_path, name, overrides):
 
 def test_smoke_writes_one_result_per_multiple_and_resumes_exactly(tmp_path):
     ckpt = tmp_path / "ckpt"
-    first = _result(tmp_path, "a", {"checkpoint_dir": str(ckpt)})
+    # checkpoint_every=6 with log_every=5: the checkpoint at 6 falls inside a logging window
+    flags = {"checkpoint_dir": str(ckpt), "checkpoint_every": 6}
+    first = _result(tmp_path, "a", flags)
     m, cfg = first["metrics"], first["config"]
     keys = ["0.1", "0.5", "1", "5", "10", "inf"]
     for name in ("final_loss", "clip_fraction", "diverged", "threshold"):
@@ -54,11 +56,10 @@ def test_smoke_writes_one_result_per_multiple_and_resumes_exactly(tmp_path):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     assert "median ||g||" in (out / "report.md").read_text()
 
-    # interrupt after the first checkpoint, run again from the same directory: same numbers
-    for step_dir in ckpt.iterdir():
-        if step_dir.name.isdigit() and int(step_dir.name) > cfg["checkpoint_every"]:
-            shutil.rmtree(step_dir)
-    second = _result(tmp_path, "b", {"checkpoint_dir": str(ckpt)})
+    # interrupt after the checkpoint at 6, run again from the same directory: same numbers
+    assert checkpoint.all_steps(ckpt) == [6, 10]
+    shutil.rmtree(ckpt / "10")
+    second = _result(tmp_path, "b", flags)
     assert second["metrics"] == first["metrics"]
 
 
@@ -71,8 +72,8 @@ def test_traced_threshold_matches_the_optimizer_factory():
     tau, n = 0.05, cfg.log_every
     taus = jnp.asarray([tau, jnp.inf] + [1.0] * (len(cfg.multiples) - 2))
     state = cs._stacked_init(keys, model, task, cfg)
-    got, summary, norms = cs._chunk(keys, taus, state, model, task, cfg.learning_rate,
-                                    cfg.batch_size, n)
+    got, m = cs._chunk(keys, taus, state, model, task, cfg.learning_rate, cfg.batch_size, n)
+    summary, norms = cs.window_summary(m), m["grad_norm"]
     for row, clip in ((0, "global_norm"), (1, "none")):
         opt = train.OptimizerConfig("sgd", cfg.learning_rate, clip=clip, clip_threshold=tau)
         want, metrics = jax.jit(lambda k, opt=opt: train.train(
@@ -89,5 +90,6 @@ def test_bad_configs_are_refused_before_running():
     module = harness.load("clipping_sweep")
     with pytest.raises(ValueError, match="multiples"):
         harness.make_config(module, {"multiples": "0.1,0,inf"})
-    with pytest.raises(ValueError, match="multiple of log_every"):
-        harness.make_config(module, {"log_every": 7, "checkpoint_every": 10})
+    with pytest.raises(ValueError, match="checkpoint_every must be an int >= 0, got -1"):
+        harness.make_config(module, {"checkpoint_every": -1})
+    harness.make_config(module, {"log_every": 7, "checkpoint_every": 10})  # independent

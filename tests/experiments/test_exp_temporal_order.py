@@ -77,7 +77,8 @@ def test_checkpoint_of_another_run_is_refused(tmp_path):
 
 
 def test_schedule_is_checked_before_anything_runs():
-    with pytest.raises(ValueError, match="multiple of log_every"):
-        training.check_schedule(100, 30, 50)
+    with pytest.raises(ValueError, match="checkpoint_every must be an int >= 0, got -1"):
+        training.check_schedule(100, 30, -1)
+    training.check_schedule(100, 30, 50)  # checkpoint_every is independent of log_every
     with pytest.raises(ValueError, match="seq_lens"):
         harness.make_config(harness.load("temporal_order"), {"seq_lens": "5"})

@@ -25,7 +25,7 @@ SYNTHETIC = {
     "order2": tasks.TemporalOrder(seq_len=30, num_bits=2),
     "order3": tasks.TemporalOrder(seq_len=30, num_bits=3),
 }
-DATA = ("mnist1d", "digits", "charlm")
+DATA = ("mnist1d", "digits", "charlm", "arrays")
 # Keys per probe: the vmapped draw doubles as the large sample of the rule and baseline tests
 # (K keys x B examples), so each task compiles one function in this module (compiling a random
 # sampler is the slow part of these tests).
@@ -91,6 +91,15 @@ def mnist1d(mnist1d_and_rng_check):
 @pytest.fixture(scope="module")
 def digits():
     return tasks.digits_task(validation_size=100)
+
+
+@pytest.fixture(scope="module")
+def arrays():
+    """A task of variable-length sequences (lengths 1..8 of T = 8) from arrays."""
+    rng = np.random.default_rng(0)
+    xs = rng.normal(size=(20, 8, 3)).astype(np.float32)
+    return tasks.array_task(xs, rng.integers(0, 4, 20), lengths=rng.integers(1, 9, 20),
+                            num_classes=4, test=0.25, key=jax.random.key(1))
 
 
 @pytest.fixture(scope="module")
@@ -184,6 +193,7 @@ def test_protocol(task_name, probes):
 def test_registry_builds_tasks_by_name():
     assert set(tasks.task_names()) == {
         "adding",
+        "arrays",
         "copy_memory",
         "temporal_order",
         "mnist1d",

@@ -211,7 +211,9 @@ def test_bad_input_raises_before_anything_is_written(tmp_path):
     with pytest.raises(ValueError, match="eval_fn or eval_batch"):
         loop.fit(KEY, MODEL, TASK, OPT, cfg(**dirs), eval_fn=eval_fn, eval_batch={})
     assert not any(tmp_path.iterdir())
-    for kw, match in [({"num_steps": -1}, "num_steps must be >= 0, got -1"),
+    for kw, match in [({"num_steps": -1}, "num_steps must be >= 1, got -1"),
+                      ({"num_steps": 0}, "num_steps must be >= 1, got 0"),
+                      ({"progress": "yes"}, "progress must be a bool"),
                       ({"batch_size": 0}, "batch_size must be >= 1"),
                       ({"log_every": 0}, "log_every"), ({"keep": 0}, "keep"),
                       ({"on_nonfinite": "ignore"}, "'ignore'"),

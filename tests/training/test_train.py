@@ -124,17 +124,35 @@ def test_schedules_change_the_learning_rate_over_steps(schedule):
         assert rates[0] == 0.0 and rates[2] == pytest.approx(0.5)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"name": "adagrad"}, "adagrad"),
-    ({"clip": "norm"}, "'norm'"),
-    ({"schedule": "step"}, "'step'"),
-    ({"learning_rate": 0.0}, "learning_rate must be > 0, got 0.0"),
-    ({"learning_rate": -1e-3}, "got -0.001"),
-    ({"clip_threshold": 0.0}, "clip_threshold"),
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"name": "adagrad"}, ValueError, r"OptimizerConfig.name: expected one of .*'adagrad'"),
+    ({"name": None}, ValueError, "OptimizerConfig.name"),
+    ({"clip": "norm"}, ValueError, "'norm'"),
+    ({"schedule": "step"}, ValueError, "'step'"),
+    ({"learning_rate": 0.0}, ValueError, "learning_rate: expected a finite number > 0.0, got 0.0"),
+    ({"learning_rate": -1e-3}, ValueError, "got -0.001"),
+    ({"learning_rate": float("nan")}, ValueError, "learning_rate"),
+    ({"learning_rate": "1e-3"}, TypeError, "learning_rate: expected a float, got str"),
+    ({"learning_rate": True}, TypeError, "learning_rate: expected a float, got bool"),
+    ({"clip_threshold": 0.0}, ValueError, "clip_threshold"),
+    ({"momentum": 1.5}, ValueError, r"momentum: expected a finite number in \[0.0, 1.0\]"),
+    ({"nesterov": "no"}, TypeError, "nesterov: expected a bool, got str"),
+    ({"warmup_steps": 1.0}, TypeError, "warmup_steps: expected an int, got float"),
+    ({"decay_steps": 0}, ValueError, "decay_steps: expected an int >= 1, got 0"),
+    ({"end_factor": -1.0}, ValueError, "end_factor"),
+    ({"weight_decay": float("inf")}, ValueError, "weight_decay"),
 ])
-def test_bad_optimizer_configs_raise(kwargs, match):
-    with pytest.raises(ValueError, match=match):
+def test_bad_optimizer_configs_raise(kwargs, error, match):
+    with pytest.raises(error, match=match):
         train.OptimizerConfig(**kwargs)
+
+
+@pytest.mark.parametrize("num_steps", [-1, 0])
+def test_a_run_of_fewer_than_one_step_is_refused(num_steps):
+    with pytest.raises(ValueError, match=f"num_steps: expected an int >= 1, got {num_steps}"):
+        train.train(KEY, MODEL, TASK, ADAM, num_steps=num_steps, batch_size=4)
+    with pytest.raises(TypeError, match="batch_size: expected an int, got float"):
+        train.train(KEY, MODEL, TASK, ADAM, num_steps=2, batch_size=4.0)
 
 
 def test_mismatched_batches_raise(batch):
@@ -147,3 +165,50 @@ def test_mismatched_batches_raise(batch):
     token_model = rj.SequenceModel(rj.Elman(4), 3, vocab_size=3)
     with pytest.raises(ValueError, match="token ids"):
         train.check_batch(token_model, TASK, batch)
+
+
+def _digits_batch():
+    task = tasks.get_task("digits")
+    batch = task.split("test")
+    batch = {k: v[:6] for k, v in batch.items()}
+    lengths = jnp.array([64, 10, 33, 1, 50, 64])
+    mask = jnp.arange(64)[None, :] < lengths[:, None]
+    return task, batch, mask
+
+
+def test_a_mask_is_never_silently_dropped_for_a_fixed_length_task():
+    task, batch, mask = _digits_batch()
+    model = rj.SequenceModel(rj.GRU(8), 10, readout="last")
+    params = model.init(KEY, task.input_size)
+    masked = dict(batch, mask=mask)
+    # Eager: a concrete mask with padding is refused, naming the mask and the way out.
+    for call in (lambda: train.model_outputs(model, task, params, masked),
+                 lambda: train.check_batch(model, task, masked),
+                 lambda: train.make_eval_step(model, task)(params, masked),
+                 lambda: train.make_train_step(model, task, ADAM)(
+                     fresh_state(ADAM, params), masked)):
+        with pytest.raises(ValueError, match=r"batch\['mask'\].*fixed-length.*array_task"):
+            call()
+    # An all-True mask is the data's own: same outputs as no mask.
+    np.testing.assert_array_equal(train.model_outputs(model, task, params, batch),
+                                  model.apply(params, batch["xs"]))
+    # Under jit the mask cannot be inspected: it is honoured (readout at the last real step).
+    got = jax.jit(lambda p, b: train.model_outputs(model, task, p, b))(params, masked)
+    np.testing.assert_allclose(got, model.apply(params, batch["xs"], mask=mask), atol=1e-6)
+    assert not np.allclose(got, model.apply(params, batch["xs"]), atol=1e-3)
+
+
+def test_masks_are_honoured_in_loss_and_grads_of_a_variable_length_task():
+    task = tasks.Adding(seq_len=12, min_len=4)
+    assert not task.fixed_length
+    batch = task.sample(KEY, 5)
+    assert not bool(batch["mask"].all())
+    params = MODEL.init(KEY, task.input_size)
+    state = fresh_state(ADAM, params)
+    garbage = dict(batch, xs=jnp.where(batch["mask"][..., None], batch["xs"], 1e4))
+    step = jax.jit(train.make_train_step(MODEL, task, ADAM))
+    (_, m_clean), (_, m_garbage) = step(state, batch), step(state, garbage)
+    np.testing.assert_allclose(m_garbage["loss"], m_clean["loss"], rtol=1e-6)
+    np.testing.assert_allclose(m_garbage["grad_norm"], m_clean["grad_norm"], rtol=1e-5)
+    want = task.loss(MODEL.apply(params, batch["xs"], mask=batch["mask"]), batch)
+    np.testing.assert_allclose(m_clean["loss"], want, rtol=1e-6)
