@@ -40,8 +40,9 @@ MODES = {"RNN_TANH": (Elman, "tanh"), "RNN_RELU": (Elman, "relu"), "LSTM": (LSTM
 def _torch():
     try:
         return importlib.import_module("torch")
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("rnn_jax.interop.torch needs PyTorch: pip install 'rnn_jax[torch]'") from e
+    except ImportError as e:  # depends on the environment
+        raise ImportError("rnn_jax.interop.torch needs PyTorch: pip install 'rnn_jax[torch]'"
+                          ) from e
 
 
 def _suffixes(num_layers: int, bidirectional: bool) -> list[list[str]]:
