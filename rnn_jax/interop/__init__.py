@@ -8,5 +8,6 @@ One module per framework, each importing it only when used (an optional extra):
 
 The converters are exact re-arrangements (transposes, gate reorders, slices) of the same
 function; the one exception is a sum of two biases (PyTorch, Keras's GRU), exact up to one
-rounding. ``arrays`` holds the dtype-preserving conversion they share.
+rounding. ``arrays`` holds the dtype-preserving conversion they share, ``flax_cells`` what
+linen's and NNX's cells share.
 """

@@ -27,10 +27,3 @@ def to_numpy(x) -> np.ndarray:
     """A JAX (or NumPy) array as a writable NumPy array of the same dtype."""
     return np.array(x, copy=True)
 
-
-def same_dtype(tree, name: str):
-    """The one floating dtype of every leaf of ``tree`` (a ValueError if they differ)."""
-    dtypes = {jnp.result_type(x) for x in jax.tree.leaves(tree)}
-    if len(dtypes) != 1:
-        raise ValueError(f"{name} must have one dtype, got {sorted(map(str, dtypes))}")
-    return dtypes.pop()

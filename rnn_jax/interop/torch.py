@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rnn_jax.cells import GRU, LSTM, Elman, torch_like
-from rnn_jax.interop.arrays import same_dtype, to_jax, to_numpy
+from rnn_jax.interop.arrays import to_jax, to_numpy
 
 MODES = {"RNN_TANH": (Elman, "tanh"), "RNN_RELU": (Elman, "relu"), "LSTM": (LSTM, None),
          "GRU": (GRU, None)}
@@ -206,7 +206,6 @@ def to_torch(cells, params, bidirectional: bool = False, *, bias: bool = True) -
       cell types or hidden sizes, layers not merged by concat, nonzero biases with ``bias=False``.
     """
     layers, mode, h = _layer_directions(cells, params, bidirectional)
-    same_dtype(params, "params")
     out = {}
     for layer, (dirs, sufs) in enumerate(zip(layers, _suffixes(len(layers), bidirectional),
                                              strict=True)):

@@ -27,6 +27,7 @@ TOL32 = dict(rtol=2e-5, atol=2e-6)
 # Keras 3.15's float64 GRU/LSTM (JAX backend, float64 weights, inputs and state) differs from a
 # plain NumPy float64 loop over its own weights by ~7e-8, while rnn_jax agrees with that loop
 # to 2e-16: Keras's float64 path is float32-accurate somewhere, so float64 is checked to 1e-6.
+# (Its float64 SimpleRNN called eagerly even fails: a float64 scan carry comes back float32.)
 TOL64 = dict(rtol=1e-6, atol=1e-7)
 LAYERS = {
     "simple_tanh": lambda **kw: keras.layers.SimpleRNN(H, **kw),
