@@ -28,6 +28,7 @@ import jax.numpy as jnp
 from rnn_jax.cells import initializers as inits
 from rnn_jax.cells import lead
 from rnn_jax.cells.validation import is_concrete
+from rnn_jax.loops.segments import check_remat
 from rnn_jax.rnn import MERGES
 from rnn_jax.stack import _pair, init_stack, layer_cells, output_size, stack
 
@@ -49,7 +50,8 @@ class SequenceModel:
         ``"flatten"`` (one readout of all T outputs concatenated; needs ``seq_len``).
       seq_len: T, required by ``readout="flatten"`` only.
       dropout_rate: dropout between recurrent layers (training only).
-      unroll / remat / method: passed to the runner (``rnn_jax.rnn.rnn``).
+      unroll / remat / method: passed to the runner (``rnn_jax.rnn.rnn``); ``remat="segments"``
+        trains long sequences in O(sqrt(T)) memory for about one extra forward pass.
 
     Params: ``{"embed": {"E"}}`` or ``{"proj": {"P", "p"}}`` (if used), ``"layers"`` (list, see
     ``rnn_jax.stack``), ``"readout": {"V": [H_top, O], "c": [O]}``.
@@ -67,13 +69,14 @@ class SequenceModel:
     seq_len: int | None = None
     dropout_rate: float = 0.0
     unroll: int = 1
-    remat: bool = False
+    remat: bool | str | int = False
     method: str = "auto"
 
     def __post_init__(self):
         if isinstance(self.cell, list):
             object.__setattr__(self, "cell", tuple(self.cell))
         layer_cells(self.cell, self.num_layers)  # validates num_layers
+        check_remat(self.remat)
         if self.readout not in READOUTS:
             raise ValueError(
                 f"readout={self.readout!r} is not supported; expected one of {READOUTS}")
