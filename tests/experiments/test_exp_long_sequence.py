@@ -42,3 +42,17 @@ def test_slope_and_bad_config():
         harness.make_config(long_sequence, {"lengths": "0,10"})
     with pytest.raises(ValueError, match="repeats"):
         harness.make_config(long_sequence, {"repeats": "0"})
+
+
+def test_experiments_take_remat_as_a_config_field():
+    from experiments import adding, copy
+
+    assert harness.remat_option("segments") == "segments"
+    assert harness.remat_option("True") is True and harness.remat_option("false") is False
+    assert harness.remat_option("400") == 400
+    for module in (adding, copy):
+        assert harness.make_config(module, {"remat": "segments"}).remat == "segments"
+        with pytest.raises(ValueError, match="remat"):
+            harness.make_config(module, {"remat": "0"})
+        with pytest.raises(ValueError, match="remat"):
+            harness.make_config(module, {"remat": "sqrt"})
