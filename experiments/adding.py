@@ -58,6 +58,7 @@ class Config:
     seed: int = 0
     checkpoint_dir: str | None = None
     checkpoint_every: int = 500
+    remat: str = "false"  # "segments": BPTT in O(sqrt(T)) memory (long sequences)
 
     def __post_init__(self):
         harness.check_models(self.models, MODELS)
@@ -68,6 +69,7 @@ class Config:
         harness.check_positive(self, ("hidden_size", "num_seeds", "batch_size", "eval_batch_size"))
         self.optimizer_config("irnn")  # validates optimizer, learning rates, clip threshold
         harness.check_eval_batches(self.eval_examples, self.eval_batch_size)
+        harness.remat_option(self.remat)
         training.check_schedule(self.num_steps, self.log_every, self.checkpoint_every)
 
     def optimizer_config(self, model: str) -> OptimizerConfig:
@@ -101,7 +103,8 @@ def run(cfg: Config) -> dict:
         batches = training.fresh_batches(task, jax.random.fold_in(training.eval_key(cfg.seed), t),
                                          cfg.eval_examples, cfg.eval_batch_size)
         for name in cfg.models:
-            model = SequenceModel(make_cell(name, cfg.hidden_size), 1, readout="last")
+            model = SequenceModel(make_cell(name, cfg.hidden_size), 1, readout="last",
+                                  remat=harness.remat_option(cfg.remat))
             ckpt = (None if cfg.checkpoint_dir is None
                     else os.path.join(cfg.checkpoint_dir, f"{name}_T{t}"))
             state, hist = training.train_seeds(

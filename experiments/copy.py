@@ -60,6 +60,7 @@ class Config:
     seed: int = 0
     checkpoint_dir: str | None = None
     checkpoint_every: int = 500
+    remat: str = "false"  # "segments": BPTT in O(sqrt(T)) memory (long sequences)
 
     def __post_init__(self):
         harness.check_models(self.models, MODELS)
@@ -67,6 +68,7 @@ class Config:
         harness.check_positive(self, ("hidden_size", "num_seeds", "batch_size", "eval_batch_size"))
         self.optimizer_config()  # validates optimizer, learning rate, clip threshold
         harness.check_eval_batches(self.eval_examples, self.eval_batch_size)
+        harness.remat_option(self.remat)
         training.check_schedule(self.num_steps, self.log_every, self.checkpoint_every)
 
     def task(self) -> CopyMemory:
@@ -105,7 +107,8 @@ def run(cfg: Config) -> dict:
     out = {"test_ce": {}, "test_ce_per_seed": {}, "test_copy_accuracy": {}, "curves": {}}
     for name in cfg.models:
         cell = make_cell(name, cfg.hidden_size, task.seq_len)
-        model = SequenceModel(cell, task.output_size, readout="all")
+        model = SequenceModel(cell, task.output_size, readout="all",
+                              remat=harness.remat_option(cfg.remat))
         ckpt = None if cfg.checkpoint_dir is None else os.path.join(cfg.checkpoint_dir, name)
         state, hist = training.train_seeds(
             keys, model, task, cfg.optimizer_config(), num_steps=cfg.num_steps,

@@ -80,6 +80,23 @@ def check_eval_batches(eval_examples: int, eval_batch_size: int) -> None:
                          f"of eval_batch_size={eval_batch_size}")
 
 
+def remat_option(text: str):
+    """The runner's ``remat`` from a config string: "false" (store every step), "segments" or
+    "true" (checkpointed segments of about √T steps), or a segment length such as "400"."""
+    from rnn_jax.loops.segments import check_remat
+
+    low = str(text).strip().lower()
+    value = {"false": False, "true": True, "segments": "segments"}.get(low, low)
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    try:
+        check_remat(value)
+    except ValueError:
+        raise ValueError(f"remat must be 'false', 'segments', 'true' or a segment length "
+                         f">= 1, got {text!r}") from None
+    return value
+
+
 # -- config values from the command line ------------------------------------------------------
 def _parse_value(name: str, text: str, tp):
     origin, args = typing.get_origin(tp), typing.get_args(tp)

@@ -29,6 +29,7 @@ import numpy as np
 from rnn_jax.cells import initializers as inits
 from rnn_jax.cells import lead
 from rnn_jax.cells.validation import check_unroll, is_concrete
+from rnn_jax.loops.segments import check_remat
 from rnn_jax.rnn import MERGES, METHODS
 from rnn_jax.stack import _pair, init_stack, layer_cells, output_size, stack
 
@@ -60,7 +61,8 @@ class SequenceModel:
         ``"flatten"`` (one readout of all T outputs concatenated; needs ``seq_len``).
       seq_len: T, required by ``readout="flatten"`` only.
       dropout_rate: dropout between recurrent layers (training only).
-      unroll / remat / method: passed to the runner (``rnn_jax.rnn.rnn``).
+      unroll / remat / method: passed to the runner (``rnn_jax.rnn.rnn``); ``remat="segments"``
+        trains long sequences in O(sqrt(T)) memory for about one extra forward pass.
 
     Params: ``{"embed": {"E"}}`` or ``{"proj": {"P", "p"}}`` (if used), ``"layers"`` (list, see
     ``rnn_jax.stack``), ``"readout": {"V": [H_top, O], "c": [O]}``.
@@ -78,17 +80,17 @@ class SequenceModel:
     seq_len: int | None = None
     dropout_rate: float = 0.0
     unroll: int = 1
-    remat: bool = False
+    remat: bool | str | int = False
     method: str = "auto"
 
     def __post_init__(self):
         if isinstance(self.cell, list):
             object.__setattr__(self, "cell", tuple(self.cell))
         _check_int("num_layers", self.num_layers, 1, optional=True)
-        for name in ("bidirectional", "remat"):
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"SequenceModel.{name}: expected a bool, got "
-                                f"{type(getattr(self, name)).__name__} {getattr(self, name)!r}")
+        if not isinstance(self.bidirectional, bool):
+            raise TypeError(f"SequenceModel.bidirectional: expected a bool, got "
+                            f"{type(self.bidirectional).__name__} {self.bidirectional!r}")
+        check_remat(self.remat)
         cells = layer_cells(self.cell, self.num_layers)
         for entry in cells:
             for c in (_pair(entry) if self.bidirectional is True else (entry,)):

@@ -21,6 +21,8 @@ later steps (BPTT's adjoint; Pascanu, Mikolov, Bengio 2013 use its norms to show
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -31,7 +33,7 @@ from rnn_jax.cells.validation import (
     mask_from,
     shape_of,
 )
-from rnn_jax.loops import cudnn, deer, fused, pallas, scan
+from rnn_jax.loops import cudnn, deer, fused, pallas, scan, segments
 
 MERGES = ("concat", "sum", "mean")
 METHODS = ("auto", "scan", "fused", "pallas", "deer", "quasi_deer", "cudnn")
@@ -54,8 +56,8 @@ def _select(method, cell, params, *, probes, return_carries, remat) -> str:
             and pallas.supported(cell, probes=probes)
             and cell.hidden_size <= PALLAS_MAX_HIDDEN):
         return "pallas"
-    return fused.select(method, cell, params, probes=probes, return_carries=return_carries,
-                        remat=remat)
+    # with remat the chosen loop runs inside checkpointed segments (rnn_jax.loops.segments)
+    return fused.select(method, cell, params, probes=probes, return_carries=return_carries)
 
 
 # -- the runner ------------------------------------------------------------------------------
@@ -81,12 +83,17 @@ def rnn(cell, params, xs, carry=None, *, lengths=None, mask=None, reverse=False,
       probes: ``[*batch, T, H]`` additive perturbation of the hidden state (see module doc),
         used in the carry's dtype (its gradient comes back in the probes' own dtype).
       return_carries: also return the carry after every step.
-      remat: recompute each step in the backward pass instead of storing its intermediates
-        (``jax.checkpoint``): the same results with less memory on long sequences.
+      remat: trade time for memory in BPTT (``rnn_jax.loops.segments``; the same results):
+        ``False`` (default) stores every step's residuals, memory O(T); ``"segments"`` (or
+        ``True``) keeps only the carry at the start of each segment of k ~ sqrt(T) steps
+        and recomputes one segment at a time (its input projection included) in the
+        backward pass: memory O(T/k + k) = O(sqrt(T)) carries and steps besides the inputs
+        and outputs, for about one extra forward pass (measured on CPU: see
+        ``benchmarks/cpu-2core/long_sequence``); an int sets the segment length k.
       method: the time loop (the same results either way): ``"scan"`` differentiates a plain
         ``lax.scan``; ``"fused"`` (``rnn_jax.loops.fused``) has a hand-written JVP whose BPTT
         computes the weight gradients as single products outside the loop (Elman, LSTM, GRU;
-        masks, reverse; not probes, return_carries, remat); ``"auto"`` takes ``"fused"``
+        masks, reverse, remat; not probes, return_carries); ``"auto"`` takes ``"fused"``
         where it applies, else ``"scan"`` — and on a GPU first ``"pallas"``; ``"pallas"``
         runs the whole time loop in one fused kernel per direction (``rnn_jax.loops.pallas``;
         Elman, LSTM, GRU; Pallas interpret mode off the GPU); ``"deer"`` / ``"quasi_deer"``
@@ -101,6 +108,7 @@ def rnn(cell, params, xs, carry=None, *, lengths=None, mask=None, reverse=False,
     """
     check_xs(cell, params, xs, time_major)
     unroll = check_unroll(unroll)
+    remat = segments.check_remat(remat)  # None, "segments" or a segment length
     if method not in METHODS:
         raise ValueError(f"method={method!r} is not supported; expected one of {METHODS}")
     if method in ("deer", "quasi_deer"):
@@ -145,13 +153,14 @@ def rnn(cell, params, xs, carry=None, *, lengths=None, mask=None, reverse=False,
             hs = jnp.moveaxis(hs, 0, -2)
             carries = jax.tree.map(lambda c: jnp.moveaxis(c, 0, len(batch_shape)), carries)
         return (hs, final, carries) if return_carries else (hs, final)
-    if path == "fused":  # projects the inputs itself, gate by gate
+    if path == "fused" and remat is None:  # projects the inputs itself, gate by gate
         hs, final = fused.recurrence(cell, params, carry, xs_tm, mask=m_tm, reverse=reverse,
                                      unroll=unroll)
         return (hs if time_major else jnp.moveaxis(hs, 0, -2)), final
-    hs, final, carries = scan.recurrence(cell, params, carry, xs_tm, mask=m_tm, probes=probes,
-                                         reverse=reverse, unroll=unroll,
-                                         return_carries=return_carries, remat=remat)
+    loop = scan.recurrence if remat is None else functools.partial(
+        segments.recurrence, path, remat=remat)
+    hs, final, carries = loop(cell, params, carry, xs_tm, mask=m_tm, probes=probes,
+                              reverse=reverse, unroll=unroll, return_carries=return_carries)
     if not time_major:
         hs = jnp.moveaxis(hs, 0, -2)
         if carries is not None:

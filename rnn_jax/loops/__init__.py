@@ -5,6 +5,8 @@
   weight gradients as single products outside the loop; the CPU default.
 - ``pallas`` (with ``pallas_kernels``): the whole time loop in one kernel per direction (GPU).
 - ``deer``: DEER and quasi-DEER, parallel in time by Newton iterations.
+- ``segments``: ``remat``; the fused or plain loop in checkpointed segments of ~√T steps,
+  BPTT in O(√T) memory for about one extra forward pass.
 
 The loops never import the runner (``rnn_jax.rnn``), which validates the arguments and picks one.
 """

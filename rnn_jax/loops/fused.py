@@ -24,7 +24,8 @@ gate activations and the carries only. Being a JVP (not a VJP), forward mode, ``
 
 Supported: exactly ``Elman`` (any activation), ``LSTM``, ``GRU`` (not subclasses), without
 ``compute_dtype``; masks; either direction; any batch axes. ``rnn_jax.rnn`` falls back to the
-plain scan for anything else (probes, ``return_carries``, ``remat``): see :func:`select`.
+plain scan for anything else (probes, ``return_carries``): see :func:`select`; with ``remat`` it
+runs inside the checkpointed segments of ``rnn_jax.loops.segments``.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def supported(cell, params=None) -> bool:
     return params is None or (isinstance(params, dict) and "U" in params)
 
 
-def select(method, cell, params, *, probes=None, return_carries=False, remat=False) -> str:
+def select(method, cell, params, *, probes=None, return_carries=False) -> str:
     """The time loop ``rnn_jax.rnn`` runs for ``method``: ``"fused"`` or ``"scan"``.
 
     ``"auto"`` takes this module's path whenever it supports the cell and the options (the
@@ -64,8 +65,7 @@ def select(method, cell, params, *, probes=None, return_carries=False, remat=Fal
         reasons.append(f"compute_dtype={cell.compute_dtype}")
     elif not supported(cell, params):
         reasons.append("params without a recurrent matrix 'U'")
-    for name, value in (("probes", probes is not None), ("return_carries", return_carries),
-                        ("remat", remat)):
+    for name, value in (("probes", probes is not None), ("return_carries", return_carries)):
         if value:
             reasons.append(name)
     if not reasons:

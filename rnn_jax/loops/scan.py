@@ -14,7 +14,7 @@ import jax.numpy as jnp
 
 
 def recurrence(cell, params, carry, xs_tm, *, mask=None, probes=None, reverse=False, unroll=1,
-               return_carries=False, remat=False):
+               return_carries=False):
     """Runs ``cell`` over time-major inputs; the runner has validated every argument.
 
     Shapes: xs_tm: [T, *batch, I]; mask: [T, *batch] or None; probes: [T, *batch, H] or None
@@ -36,9 +36,6 @@ def recurrence(cell, params, carry, xs_tm, *, mask=None, probes=None, reverse=Fa
             new_c = jax.tree.map(lambda n, o: jnp.where(keep, n, o), new_c, c)
             h = jnp.where(keep, h, jnp.zeros_like(h))
         return new_c, ((h, new_c) if return_carries else h)
-
-    if remat:
-        body = jax.checkpoint(body)
     final, out = jax.lax.scan(body, carry, (us, mask, probes), reverse=reverse, unroll=unroll)
     hs, carries = out if return_carries else (out, None)
     return hs, final, carries

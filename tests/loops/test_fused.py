@@ -157,7 +157,7 @@ def test_auto_takes_the_fused_path_only_where_it_applies():
     params = lstm.init(jax.random.key(0), I)
     assert fused.select("auto", lstm, params) == "fused"
     assert fused.select("scan", lstm, params) == "scan"
-    for options in ({"probes": jnp.zeros((T, H))}, {"return_carries": True}, {"remat": True}):
+    for options in ({"probes": jnp.zeros((T, H))}, {"return_carries": True}):
         assert fused.select("auto", lstm, params, **options) == "scan"
         with pytest.raises(ValueError, match="method='fused' does not support"):
             fused.select("fused", lstm, params, **options)

@@ -51,7 +51,7 @@ NOT_POS_INT = st.sampled_from([0, -1, 1.5, "3", None, True])
 MODEL_FIELDS = {
     "output_size": NOT_POS_INT.filter(lambda v: v is not None),
     "num_layers": st.sampled_from([0, -2, 1.5, "2", True]),
-    "bidirectional": NOT_BOOL, "remat": NOT_BOOL,
+    "bidirectional": NOT_BOOL, "remat": st.sampled_from(["yes", 0, -1, 1.5, "all"]),
     "merge": st.sampled_from(["max", "", None, 1]),
     "readout": st.sampled_from(["first", "ALL", None, 0]),
     "method": st.sampled_from(["loop", None, 3]),
