@@ -40,17 +40,20 @@ DEER_MAX_JACOBIAN = 2 ** 27
 class Config:
     """The check; ``budget_s`` caps the whole run, ``equivalence_share`` its first phase."""
 
-    cells: tuple[str, ...] = harness.CELLS
-    methods: tuple[str, ...] = equivalence.METHODS
-    check_size: str = "8x32x64"
+    cells: tuple[str, ...] = harness.CELLS  # cells to check and time: elman, lstm, gru
+    methods: tuple[str, ...] = equivalence.METHODS  # rj.rnn methods checked against method='scan'
+    check_size: str = "8x32x64"  # BxTxH of the equivalence checks
+    # settings checked at 'highest' precision (plain, ragged lengths, reversed)
     options: tuple[str, ...] = equivalence.OPTIONS
+    # settings also checked at 'default' precision (TF32 on a GPU)
     default_precision_options: tuple[str, ...] = ("plain",)
+    # BxTxH of the timed train steps
     sizes: tuple[str, ...] = ("64x256x128", "16x1024x64", "64x512x512")
-    impls: tuple[str, ...] = TIMED
-    repeats: int = 5
-    warmup: int = 1
-    budget_s: float = 400.0
-    equivalence_share: float = 0.4
+    impls: tuple[str, ...] = TIMED  # implementations to time, in order of priority
+    repeats: int = 5  # timed calls per implementation and size (the median is reported)
+    warmup: int = 1  # untimed calls before timing
+    budget_s: float = 400.0  # seconds for the whole check; what does not fit is recorded as skipped
+    equivalence_share: float = 0.4  # fraction of budget_s the equivalence phase may use
 
     def __post_init__(self):
         for name, value, allowed in (("cells", self.cells, harness.CELLS),

@@ -51,13 +51,15 @@ class Config:
     hidden_size: int = 128
     batch_size: int = 8
     input_size: int = 32
+    # sequence lengths T of the sweep
     lengths: tuple[int, ...] = (1000, 3000, 10_000, 30_000, 100_000, 300_000, 1_000_000)
     default_time_max: int = 100_000  # the default path is timed up to this T (memory)
-    per_step_time_max: int = 10_000
-    repeats: int = 3
+    per_step_time_max: int = 10_000  # the old per-step remat is measured up to this T
+    repeats: int = 3  # timed calls per point below long_from (median reported)
     long_from: int = 30_000  # from this T on: long_repeats timed calls, no warm-up
-    long_repeats: int = 1
+    long_repeats: int = 1  # timed calls per point from long_from on
     k_sweep_length: int = 100_000  # compiled memory against the segment length k at this T
+    # segment lengths k of the memory sweep
     k_sweep: tuple[int, ...] = (25, 100, 400, 1000, 4000, 20_000)
 
     def __post_init__(self):
