@@ -8,10 +8,10 @@ PYTEST_WORKERS ?= 2
 # kernels for sm_90): the CPU check of the GPU path runs in it too.
 PYTHON312 ?= $(or $(shell python3.12 -c 'import sys; print(sys.executable)' 2>/dev/null),\
 	$(lastword $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3.12)),python3.12)
-GPU_VENV  := .venv-gpu
-GPU_PY    := $(GPU_VENV)/bin/python
-GPU_STAMP := $(GPU_VENV)/.installed
-GPU_CHECK := tests/loops/test_gpu_lowering.py
+VENV_GPU  := .venv-gpu
+VENV_GPU_PY    := $(VENV_GPU)/bin/python
+VENV_GPU_STAMP := $(VENV_GPU)/.installed
+GPU_LOWERING_CHECK := tests/loops/test_gpu_lowering.py
 
 .PHONY: install install-gpu test lint demo bench clean
 
@@ -27,21 +27,21 @@ $(STAMP): pyproject.toml
 	-$(PY) -m pip install -q torch==2.13.0
 	touch $(STAMP)
 
-$(GPU_STAMP): pyproject.toml
-	$(PYTHON312) -m venv $(GPU_VENV)
-	$(GPU_PY) -m pip install -q --upgrade pip
+$(VENV_GPU_STAMP): pyproject.toml
+	$(PYTHON312) -m venv $(VENV_GPU)
+	$(VENV_GPU_PY) -m pip install -q --upgrade pip
 	# only what `import rnn_jax` and the check need (jax, numpy; triton; pytest): no flax, torch
-	$(GPU_PY) -m pip install -q --no-deps -e .
-	$(GPU_PY) -m pip install -q "jax==0.11.2" "jaxlib==0.11.2" "triton==3.6.0" pytest pytest-xdist
-	touch $(GPU_STAMP)
+	$(VENV_GPU_PY) -m pip install -q --no-deps -e .
+	$(VENV_GPU_PY) -m pip install -q "jax==0.11.2" "jaxlib==0.11.2" "triton==3.6.0" pytest pytest-xdist
+	touch $(VENV_GPU_STAMP)
 
-install-gpu: $(GPU_STAMP)
+install-gpu: $(VENV_GPU_STAMP)
 
 # the main suite (its GPU-path check included), then the GPU-path check under the GPU's JAX
 test: install install-gpu
 	JAX_COMPILATION_CACHE_DIR=$(CURDIR)/.jax_cache $(PY) -m pytest -n $(PYTEST_WORKERS) tests
-	$(GPU_PY) -m pytest -n $(PYTEST_WORKERS) -p no:cacheprovider -W ignore::DeprecationWarning \
-		$(GPU_CHECK)
+	$(VENV_GPU_PY) -m pytest -n $(PYTEST_WORKERS) -p no:cacheprovider -W ignore::DeprecationWarning \
+		$(GPU_LOWERING_CHECK)
 
 lint: install
 	$(PY) -m ruff check rnn_jax experiments tests
@@ -53,4 +53,4 @@ bench: install
 	$(PY) -m experiments run benchmark --suite quick
 
 clean:
-	rm -rf $(VENV) $(GPU_VENV) .pytest_cache .ruff_cache .hypothesis .jax_cache results
+	rm -rf $(VENV) $(VENV_GPU) .pytest_cache .ruff_cache .hypothesis .jax_cache results

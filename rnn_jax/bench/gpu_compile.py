@@ -118,8 +118,12 @@ def compile_kernel(kernel, arch=ARCH):
 
 
 def input_precisions(kernel):
-    """The ``inputPrecision`` of the kernel's ``tt.dot`` products (tf32, ieee, ...)."""
-    return sorted(set(re.findall(r"inputPrecision = (\w+)", kernel["ir"])))
+    """The ``inputPrecision`` of the kernel's ``tt.dot`` products (tf32, ieee, ...).
+
+    Triton's printer leaves out its default, ieee.
+    """
+    dots = re.findall(r"tt\.dot [^\n]*", kernel["ir"])
+    return sorted({(re.findall(r"inputPrecision = (\w+)", d) or ["ieee"])[0] for d in dots})
 
 
 def kernel_program(cell, dtype, kernel, batch=32, steps=8, input_size=8):
@@ -142,6 +146,11 @@ def measure(key, hidden, storage):
     if storage == "bfloat16":
         cell = dataclasses.replace(cell, compute_dtype=jnp.bfloat16)
     dtype = jnp.float64 if storage == "float64" else jnp.float32
+    # every kernel holds U in shared memory (measured: U's bytes plus at most a few tens of KB),
+    # so one whose U alone passes the limit is not compiled (ptxas takes many minutes on them)
+    u_bytes = cell.num_gates * pallas.padded_hidden(hidden) ** 2 * jnp.dtype(storage).itemsize
+    if u_bytes > gpu_fit.SHARED_MEMORY_LIMIT:
+        return [{"kernel": None, "kernels": {}, "skipped": f"U alone needs {u_bytes} bytes"}]
     with jax.enable_x64(storage == "float64"):
         return _measure(cell, dtype)
 
