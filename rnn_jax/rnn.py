@@ -33,31 +33,51 @@ from rnn_jax.cells.validation import (
     mask_from,
     shape_of,
 )
-from rnn_jax.loops import cudnn, deer, fused, pallas, scan, segments
+from rnn_jax.loops import cudnn, deer, fused, gpu_fit, pallas, scan, segments
+from rnn_jax.loops.pallas_launch import precision_of
 
 MERGES = ("concat", "sum", "mean")
 METHODS = ("auto", "scan", "fused", "pallas", "deer", "quasi_deer", "cudnn")
-# Largest hidden size for which the fused Pallas kernels keep U on chip (issue: H <= 256).
-PALLAS_MAX_HIDDEN = 256
 
 
-def _select(method, cell, params, *, probes, return_carries, remat) -> str:
+def _select(method, cell, params, *, probes, return_carries, remat, dtype=jnp.float32) -> str:
     """The time loop for ``method``: "pallas", "fused" or "scan" (see ``rnn``'s docstring).
 
-    "auto" takes the fused Pallas kernels on a GPU when they support the cell and options and
-    H <= PALLAS_MAX_HIDDEN, else the fused-JVP scan where it applies, else the plain scan.
+    "auto" takes the fused Pallas kernels when the program is traced for a GPU, they support
+    the cell and options, and the measured fit table (``rnn_jax.loops.gpu_fit``) says their
+    compiled code fits the GPU for this cell, H and state ``dtype``; else the fused-JVP scan
+    where it applies, else the plain scan.
     """
     if method == "pallas":
         if not pallas.supported(cell, probes=probes) or remat:
             raise ValueError(f"method='pallas' does not support {type(cell).__name__} with "
                              "these options (probes, remat, compute_dtype); use 'auto' or 'scan'")
         return "pallas"
-    if (method == "auto" and jax.default_backend() == "gpu" and not remat
+    if (method == "auto" and not remat and gpu_fit.targets_gpu()
             and pallas.supported(cell, probes=probes)
-            and cell.hidden_size <= PALLAS_MAX_HIDDEN):
+            and gpu_fit.kernel_for(cell, dtype) is not None):
         return "pallas"
     # with remat the chosen loop runs inside checkpointed segments (rnn_jax.loops.segments)
     return fused.select(method, cell, params, probes=probes, return_carries=return_carries)
+
+
+def path_of(cell, params, xs, *, method="auto", probes=None, return_carries=False,
+            remat=False) -> dict:
+    """The time loop ``rnn`` runs for these arguments, and its products' precision.
+
+    For benchmark records: ``{"path": "pallas" | "fused" | "scan" | "deer" | "quasi_deer",
+    "precision": ...}``, where a kernel's precision is ``pallas_launch.precision_of``'s label
+    (tf32, ieee, bf16, float64) and XLA's paths report ``"xla:<jax_default_matmul_precision>"``.
+    Traced for the current target, as ``rnn`` itself (``gpu_fit.targets_gpu``).
+    """
+    dtype = jnp.result_type(jnp.float32, xs.dtype, *jax.tree.leaves(params))
+    path = method if method in ("deer", "quasi_deer", "cudnn") else _select(
+        method, cell, params, probes=probes, return_carries=return_carries, remat=remat,
+        dtype=dtype)
+    if path == "pallas":
+        return {"path": path, "precision": precision_of(dtype, cell.compute_dtype)[0]}
+    return {"path": path,
+            "precision": f"xla:{jax.config.jax_default_matmul_precision or 'default'}"}
 
 
 # -- the runner ------------------------------------------------------------------------------
@@ -122,7 +142,8 @@ def rnn(cell, params, xs, carry=None, *, lengths=None, mask=None, reverse=False,
         _check_cudnn(cell, params, xs, carry, mask=mask, probes=probes,
                      return_carries=return_carries, remat=remat)
     path = _select(method, cell, params, probes=probes, return_carries=return_carries,
-                   remat=remat)
+                   remat=remat, dtype=jnp.result_type(jnp.float32, xs.dtype,
+                                                      *jax.tree.leaves(params)))
     xs_tm = xs if time_major else jnp.moveaxis(xs, -2, 0)  # [T, *batch, I]
     num_steps, batch_shape = xs_tm.shape[0], tuple(xs_tm.shape[1:-1])
     m = mask_from(lengths, mask, batch_shape, num_steps)

@@ -1,12 +1,17 @@
 """Pallas kernel bodies for the fused time loops (see ``rnn_jax.loops.pallas`` for the idea).
 
-Each program owns ``b`` batch rows and loops over all T steps; the recurrent matrix is loaded
-once, before the loop. Gate blocks are addressed by static slices of the *references*
-(``pl.ds(k * H, H)``), never by slicing values held in registers, which the Triton backend
-handles poorly. Masks arrive as float [T, b] (1 = real step); on a masked step the state is
-left unchanged and the adjoint passes through untouched.
+Each program owns ``b`` batch rows and loops over all T steps. The recurrent matrix U is loaded
+once, before the loop, and stays on chip (in shared memory, where the tensor-core products read
+it) for all T steps; ``rnn_jax.loops.gpu_fit`` says for which H that fits. Gate blocks are
+addressed by static slices of the *references* (``pl.ds(k * H, H)``), never by slicing values
+held in registers, which the Triton backend handles poorly. Masks arrive as [T, b] in the state
+dtype (1 = real step); on a masked step the state is left unchanged and the adjoint passes
+through untouched.
 
-Forward equations (u = x W + b hoisted, gate order as in ``rnn_jax.cells``):
+Products: ``dot(a, U_k)`` casts ``a`` to U's storage dtype (bf16 under a bf16
+``compute_dtype``) and accumulates in the state dtype (float32, or float64) at the precision
+the caller set (see ``rnn_jax.loops.pallas.Kernel``). Forward equations (u = x W + b hoisted,
+gate order as in ``rnn_jax.cells``):
 
     Elman  s_t = f(u_t + s_{t-1} U)
     LSTM   i, f, o = sigma(.), g = tanh(.) of u_t + h_{t-1} U;  c_t = f c_{t-1} + i g;
@@ -15,7 +20,8 @@ Forward equations (u = x W + b hoisted, gate order as in ``rnn_jax.cells``):
            h_t = (1 - z) n + z h_{t-1}
 
 Backward kernels run the adjoint recursion in reverse time and write the gradient of every
-pre-activation (the rows that, multiplied by the previous states, give dU in one product).
+pre-activation (the rows that, multiplied by the previous states, give dU in one product);
+their products contract with U's second axis (``a U^T``) without materialising U^T.
 """
 
 from __future__ import annotations
@@ -24,16 +30,21 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-F32 = jnp.float32
 ACTIVATIONS = {
     "tanh": (jnp.tanh, lambda s: 1.0 - s * s),
-    "relu": (jax.nn.relu, lambda s: (s > 0).astype(s.dtype)),
+    # relu's derivative from the stored output, without jax.nn.relu's custom_jvp in the kernel
+    "relu": (lambda a: jnp.maximum(a, 0.0), lambda s: (s > 0).astype(s.dtype)),
     "identity": (lambda a: a, lambda s: jnp.ones_like(s)),
 }
+_AT = (((1,), (1,)), ((), ()))  # a [b, H] x U_k [H', H] -> [b, H']: a U_k^T
 
 
-def _dot(a, b):
-    return jnp.dot(a, b, preferred_element_type=F32)
+def _mm(a, w, precision, transpose=False):
+    acc = jnp.promote_types(a.dtype, jnp.float32)
+    a = a.astype(w.dtype)
+    if transpose:
+        return jax.lax.dot_general(a, w, _AT, precision=precision, preferred_element_type=acc)
+    return jnp.dot(a, w, precision=precision, preferred_element_type=acc)
 
 
 def _blocks(ref, hidden, num, t=None):
@@ -58,21 +69,23 @@ def _previous(ref, init_ref, t):
 
 
 # -- Elman ---------------------------------------------------------------------------------------
-def elman_fwd(u_ref, w_ref, h0_ref, m_ref, s_ref, *, num_steps, activation):
+def elman_fwd(u_ref, w_ref, h0_ref, m_ref, s_ref, *, num_steps, activation, precision):
     f, _ = ACTIVATIONS[activation]
-    w = w_ref[...]
+    hidden = h0_ref.shape[-1]
+    w = _blocks(w_ref, hidden, 1)
 
     def body(t, h):
-        h = jnp.where(_keep(m_ref, t), f(u_ref[t] + _dot(h, w)), h)
+        h = jnp.where(_keep(m_ref, t), f(u_ref[t] + _mm(h, w[0], precision)), h)
         s_ref[t] = h
         return h
 
     jax.lax.fori_loop(0, num_steps, body, h0_ref[...])
 
 
-def elman_bwd(s_ref, g_ref, w_ref, m_ref, a_ref, dh0_ref, *, num_steps, activation):
+def elman_bwd(s_ref, g_ref, w_ref, m_ref, a_ref, dh0_ref, *, num_steps, activation, precision):
     _, df = ACTIVATIONS[activation]
-    w_t = w_ref[...].T
+    hidden = dh0_ref.shape[-1]
+    w = _blocks(w_ref, hidden, 1)
 
     def body(i, lam):
         t = num_steps - 1 - i
@@ -80,19 +93,21 @@ def elman_bwd(s_ref, g_ref, w_ref, m_ref, a_ref, dh0_ref, *, num_steps, activati
         keep = _keep(m_ref, t)
         a = jnp.where(keep, lam * df(s_ref[t]), 0.0)
         a_ref[t] = a
-        return jnp.where(keep, _dot(a, w_t), lam)
+        return jnp.where(keep, _mm(a, w[0], precision, transpose=True), lam)
 
-    dh0_ref[...] = jax.lax.fori_loop(0, num_steps, body, jnp.zeros(dh0_ref.shape, F32))
+    dh0_ref[...] = jax.lax.fori_loop(0, num_steps, body, jnp.zeros(dh0_ref.shape, dh0_ref.dtype))
 
 
 # -- LSTM ----------------------------------------------------------------------------------------
 def lstm_fwd(u_ref, w_ref, h0_ref, c0_ref, m_ref, hs_ref, cs_ref, gates_ref, *, num_steps,
-             hidden):
+             precision):
+    hidden = h0_ref.shape[-1]
     w = _blocks(w_ref, hidden, 4)
 
     def body(t, carry):
         h, c = carry
-        pre = [u + _dot(h, wk) for u, wk in zip(_blocks(u_ref, hidden, 4, t), w, strict=True)]
+        pre = [u + _mm(h, wk, precision)
+               for u, wk in zip(_blocks(u_ref, hidden, 4, t), w, strict=True)]
         i, f, o = jax.nn.sigmoid(pre[0]), jax.nn.sigmoid(pre[1]), jax.nn.sigmoid(pre[3])
         g = jnp.tanh(pre[2])
         c_new = f * c + i * g
@@ -107,8 +122,9 @@ def lstm_fwd(u_ref, w_ref, h0_ref, c0_ref, m_ref, hs_ref, cs_ref, gates_ref, *, 
 
 
 def lstm_bwd(cs_ref, gates_ref, c0_ref, gh_ref, gc_ref, w_ref, m_ref, a_ref, dh0_ref, dc0_ref,
-             *, num_steps, hidden):
-    w_t = [wk.T for wk in _blocks(w_ref, hidden, 4)]
+             *, num_steps, precision):
+    hidden = dh0_ref.shape[-1]
+    w = _blocks(w_ref, hidden, 4)
 
     def body(j, carry):
         lam_h, lam_c = carry
@@ -122,24 +138,26 @@ def lstm_bwd(cs_ref, gates_ref, c0_ref, gh_ref, gc_ref, w_ref, m_ref, a_ref, dh0
         keep = _keep(m_ref, t)
         da = [jnp.where(keep, d, 0.0) for d in da]
         _store(a_ref, t, hidden, da)
-        back = _dot(da[0], w_t[0]) + _dot(da[1], w_t[1]) + _dot(da[2], w_t[2]) + _dot(da[3], w_t[3])
+        back = sum(_mm(d, wk, precision, transpose=True) for d, wk in zip(da, w, strict=True))
         return jnp.where(keep, back, lam_h), jnp.where(keep, dc * f, lam_c)
 
-    zeros = jnp.zeros(dh0_ref.shape, F32)
+    zeros = jnp.zeros(dh0_ref.shape, dh0_ref.dtype)
     dh0, dc0 = jax.lax.fori_loop(0, num_steps, body, (zeros, zeros))
     dh0_ref[...], dc0_ref[...] = dh0, dc0
 
 
 # -- GRU -----------------------------------------------------------------------------------------
-def gru_fwd(u_ref, w_ref, bhn_ref, h0_ref, m_ref, hs_ref, gates_ref, *, num_steps, hidden):
+def gru_fwd(u_ref, w_ref, bhn_ref, h0_ref, m_ref, hs_ref, gates_ref, *, num_steps,
+            precision):
+    hidden = h0_ref.shape[-1]
     w_r, w_z, w_n = _blocks(w_ref, hidden, 3)
     b_hn = bhn_ref[...]
 
     def body(t, h):
         u_r, u_z, u_n = _blocks(u_ref, hidden, 3, t)
-        r = jax.nn.sigmoid(u_r + _dot(h, w_r))
-        z = jax.nn.sigmoid(u_z + _dot(h, w_z))
-        q = _dot(h, w_n) + b_hn
+        r = jax.nn.sigmoid(u_r + _mm(h, w_r, precision))
+        z = jax.nn.sigmoid(u_z + _mm(h, w_z, precision))
+        q = _mm(h, w_n, precision) + b_hn
         n = jnp.tanh(u_n + r * q)
         h = jnp.where(_keep(m_ref, t), (1.0 - z) * n + z * h, h)
         hs_ref[t] = h
@@ -150,9 +168,10 @@ def gru_fwd(u_ref, w_ref, bhn_ref, h0_ref, m_ref, hs_ref, gates_ref, *, num_step
 
 
 def gru_bwd(hs_ref, gates_ref, h0_ref, g_ref, w_ref, m_ref, du_ref, dq_ref, dh0_ref, *,
-            num_steps, hidden):
+            num_steps, precision):
     """du = d/d[u_r, u_z, u_n]; dq = d/d[hU_r, hU_z, hU_n + b_hn] (they differ in the n block)."""
-    w_t = [wk.T for wk in _blocks(w_ref, hidden, 3)]
+    hidden = dh0_ref.shape[-1]
+    w_r, w_z, w_n = _blocks(w_ref, hidden, 3)
 
     def body(j, lam):
         t = num_steps - 1 - j
@@ -166,7 +185,9 @@ def gru_bwd(hs_ref, gates_ref, h0_ref, g_ref, w_ref, m_ref, du_ref, dq_ref, dh0_
         dqn = dan * r
         _store(du_ref, t, hidden, (dar, daz, dan))
         _store(dq_ref, t, hidden, (dar, daz, dqn))
-        back = lam * z + _dot(dar, w_t[0]) + _dot(daz, w_t[1]) + _dot(dqn, w_t[2])
+        back = (lam * z + _mm(dar, w_r, precision, transpose=True)
+                + _mm(daz, w_z, precision, transpose=True)
+                + _mm(dqn, w_n, precision, transpose=True))
         return jnp.where(keep, back, lam)
 
-    dh0_ref[...] = jax.lax.fori_loop(0, num_steps, body, jnp.zeros(dh0_ref.shape, F32))
+    dh0_ref[...] = jax.lax.fori_loop(0, num_steps, body, jnp.zeros(dh0_ref.shape, dh0_ref.dtype))

@@ -1,5 +1,7 @@
 """Fused Pallas kernels (interpret mode on the CPU) against the scan runner: outputs and grads."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -84,5 +86,69 @@ def test_fused_unbatched_unmasked_and_empty_rows(name):
 
 def test_supported_cells_and_options():
     assert pallas_rnn.supported(rj.LSTM(8))
+    assert pallas_rnn.supported(rj.GRU(8, compute_dtype=jnp.bfloat16))
     assert not pallas_rnn.supported(rj.Elman(8), probes=jnp.zeros((3, 8)))
-    assert not pallas_rnn.supported(rj.GRU(8, compute_dtype=jnp.bfloat16))
+    assert not pallas_rnn.supported(rj.GRU(8, compute_dtype=jnp.float16))
+
+
+def _compare(cell, params, xs, mask, reverse, rtol, atol, dtype=None):
+    """Outputs, final carries and gradients of the kernels against the scan path."""
+    def loss(p, x, c, method):
+        out = rj.rnn(cell, p, x, c, mask=mask, reverse=reverse, method=method)
+        return _loss(out), out
+
+    carry = cell.initial_carry(xs.shape[:-2], xs.dtype)
+    grads = {m: jax.grad(loss, argnums=(0, 1, 2), has_aux=True)(params, xs, carry, m)
+             for m in ("scan", "pallas")}
+    (g_want, out_want), (g_got, out_got) = grads["scan"], grads["pallas"]
+    for want, got in zip(jax.tree.leaves((out_want, g_want)), jax.tree.leaves((out_got, g_got)),
+                         strict=True):
+        assert got.dtype == want.dtype
+        np.testing.assert_allclose(got, want, rtol=rtol, atol=atol)
+    if dtype is not None:
+        assert all(x.dtype == dtype for x in jax.tree.leaves(out_got))
+
+
+@pytest.mark.parametrize("name", sorted(CELLS))
+def test_hidden_sizes_off_a_power_of_two_run_zero_padded(name):
+    """H = 20 runs at 32 inside the kernels; the padded units never reach the real ones."""
+    cell = type(CELLS[name])(20, **({"activation": "relu"} if name == "elman_relu" else {}))
+    params = _perturbed_params(cell, 3)
+    xs = jax.random.normal(jax.random.key(1), (3, 6, 3))
+    mask = jnp.arange(6)[None, :] < jnp.array([[6], [2], [4]])
+    _compare(cell, params, xs, mask, True, rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("name", sorted(CELLS))
+def test_bf16_compute_stores_u_in_bf16_and_matches_the_scan(name):
+    """bf16 products, float32 state: the same rounding as the cell's own bf16 matmuls."""
+    cell = dataclasses.replace(CELLS[name], compute_dtype=jnp.bfloat16)
+    params = _perturbed_params(cell, 3)
+    xs = jax.random.normal(jax.random.key(1), (2, 5, 3))
+    mask = jax.random.bernoulli(jax.random.key(2), 0.7, (2, 5))
+    _compare(cell, params, xs, mask, False, rtol=3e-2, atol=3e-2, dtype=jnp.float32)
+
+
+@pytest.mark.parametrize("name", ["elman_tanh", "lstm", "gru"])
+def test_float64_stays_float64(name):
+    """Under x64 the kernels keep float64 (interpret mode: exact float64 products)."""
+    cell = CELLS[name]
+    with jax.enable_x64(True):
+        params = jax.tree.map(lambda p: p.astype(jnp.float64), _perturbed_params(cell, 3))
+        xs = jax.random.normal(jax.random.key(1), (2, 5, 3), jnp.float64)
+        mask = jax.random.bernoulli(jax.random.key(2), 0.7, (2, 5))
+        _compare(cell, params, xs, mask, True, rtol=1e-12, atol=1e-12, dtype=jnp.float64)
+
+
+def test_matmul_precision_setting_is_accepted_and_bad_names_raise():
+    cell = CELLS["gru"]
+    params = _perturbed_params(cell, 3)
+    xs = jax.random.normal(jax.random.key(1), (2, 4, 3))
+    want = rj.rnn(cell, params, xs, method="scan")
+    with jax.default_matmul_precision("highest"):
+        got = rj.rnn(cell, params, xs, method="pallas")
+    for w, g in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="precision='bogus'"):
+        pallas_rnn.run(cell, params, jnp.moveaxis(xs, 1, 0), cell.initial_carry((2,)), None,
+                       precision="bogus")

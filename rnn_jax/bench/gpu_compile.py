@@ -1,0 +1,207 @@
+"""The GPU path, compiled on any machine: lowering for "cuda" and Triton's resource use for sm_90.
+
+No GPU is needed. ``abstract_gpu`` names one (``jax.sharding.AbstractDevice``): traced and
+lowered under it, ``jax.jit(f).trace(...).lower(lowering_platforms=("cuda",))`` gives the
+program a GPU of that kind runs, fused-loop kernels included (Pallas-Triton asks the device
+kind for the compute capability). ``triton_kernels`` takes the Triton IR of every kernel out of
+the lowered program and ``compile_kernel`` compiles it with the ``triton`` package (its own
+ptxas) for the target, reporting the shared memory, registers and spill bytes per program.
+
+``python -m rnn_jax.bench.gpu_compile --write rnn_jax/loops/gpu_fit_table.py`` measures every
+kernel configuration (cell, padded H, U's dtype; warps) and writes the
+fit table that ``method="auto"`` reads (``rnn_jax.loops.gpu_fit``). Needs ``triton``
+(``pip install -e .[gpu-check]``); takes about ten minutes on two cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import os
+import re
+import subprocess
+import tempfile
+
+import jax
+import jax.numpy as jnp
+
+from rnn_jax.cells import GRU, LSTM, Elman
+from rnn_jax.loops import gpu_fit, gpu_fit_table, pallas
+from rnn_jax.loops.pallas_launch import Kernel
+
+TABLE_JAX_VERSION = gpu_fit_table.JAX_VERSION  # the jax whose Triton IR the table measured
+DEVICE_KIND = "NVIDIA H200"  # sm_90, 132 SMs: the GPU the project benchmarks on
+ARCH = 90
+CELLS = {"elman_tanh": lambda h: Elman(h), "elman_relu": lambda h: Elman(h, activation="relu"),
+         "elman_identity": lambda h: Elman(h, activation="identity"),
+         "lstm": lambda h: LSTM(h), "gru": lambda h: GRU(h)}
+HIDDEN = (16, 32, 64, 128, 256, 512)
+# the configurations tried per kernel, most preferred first: 8 warps halve the registers per
+# thread (LSTM H=128: 255 with spills at 4 warps, ~170 at 8) at the cost of more threads
+CANDIDATES = (Kernel(num_warps=4), Kernel(num_warps=8))
+
+
+@contextlib.contextmanager
+def abstract_gpu(device_kind=DEVICE_KIND, num_cores=132):
+    """Traces and lowers as for a GPU of this kind (``jax.sharding.use_abstract_mesh``)."""
+    device = jax.sharding.AbstractDevice(device_kind=device_kind, num_cores=num_cores,
+                                         platform="cuda")
+    with jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((), (),
+                                                                 abstract_device=device)):
+        yield
+
+
+def lower_for_cuda(fn, *args):
+    """``fn`` jitted, traced under an abstract GPU and lowered for "cuda"."""
+    with abstract_gpu():
+        return jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",))
+
+
+def triton_kernels(lowered):
+    """[{name, ir (Triton IR text), num_warps, num_stages, grid}] of a lowered program."""
+    from jax._src.lib.mlir import ir
+    from jax._src.lib.triton import dialect as tt_dialect
+
+    found = []
+
+    def walk(op):
+        for region in op.regions:
+            for block in region.blocks:
+                for inner in block.operations:
+                    if (inner.name == "stablehlo.custom_call"
+                            and "triton" in str(inner.attributes["call_target_name"])):
+                        found.append(ir.DictAttr(inner.attributes["mhlo.backend_config"]))
+                    walk(inner)
+
+    walk(lowered.compiler_ir("stablehlo").operation)
+    kernels = []
+    for config in found:
+        ctx = ir.Context()
+        tt_dialect.register_dialect(ctx)
+        with ctx:  # jaxlib's bytecode -> text, which the triton package parses
+            module = ir.Module.parse(ir.StringAttr(config["ir"]).value_bytes)
+            text = module.operation.get_asm(enable_debug_info=False)
+        ints = {k: ir.IntegerAttr(config[k]).value
+                for k in ("num_warps", "num_stages", "grid_x", "grid_y", "grid_z")}
+        kernels.append(dict(name=ir.StringAttr(config["name"]).value, ir=text,
+                            num_warps=ints["num_warps"], num_stages=ints["num_stages"],
+                            grid=(ints["grid_x"], ints["grid_y"], ints["grid_z"])))
+    return kernels
+
+
+def compile_kernel(kernel, arch=ARCH):
+    """Compiles one kernel's Triton IR for ``sm_<arch>``: shared memory, registers, spills."""
+    import triton
+    from triton import knobs
+    from triton.backends.compiler import GPUTarget
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, f"{kernel['name']}.ttir")
+        with open(src, "w") as f:
+            f.write(kernel["ir"])
+        compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
+                                  options=dict(num_warps=kernel["num_warps"],
+                                               num_stages=kernel["num_stages"]))
+        ptx = os.path.join(tmp, "k.ptx")
+        with open(ptx, "w") as f:
+            f.write(compiled.asm["ptx"])
+        target = re.search(r"^\.target (\S+)", compiled.asm["ptx"], re.M).group(1)
+        info = subprocess.run([knobs.nvidia.ptxas.path, f"-arch={target}", "-v", "-o",
+                               os.path.join(tmp, "k.cubin"), ptx],
+                              capture_output=True, text=True, check=True).stderr
+    static = re.search(r"(\d+) bytes smem", info)
+    spills = [int(n) for n in re.findall(r"(\d+) bytes spill (?:stores|loads)", info)]
+    return dict(shared=compiled.metadata.shared + (int(static.group(1)) if static else 0),
+                registers=int(re.search(r"Used (\d+) registers", info).group(1)),
+                spills=sum(spills), input_precision=input_precisions(kernel))
+
+
+def input_precisions(kernel):
+    """The ``inputPrecision`` of the kernel's ``tt.dot`` products (tf32, ieee, ...).
+
+    Triton's printer leaves out its default, ieee.
+    """
+    dots = re.findall(r"tt\.dot [^\n]*", kernel["ir"])
+    return sorted({(re.findall(r"inputPrecision = (\w+)", d) or ["ieee"])[0] for d in dots})
+
+
+def kernel_program(cell, dtype, kernel, batch=32, steps=8, input_size=8):
+    """The forward and backward kernels of one cell, as a lowerable gradient."""
+    params = jax.eval_shape(lambda: cell.init(jax.random.key(0), input_size))
+    params = jax.tree.map(lambda p: jax.ShapeDtypeStruct(p.shape, dtype), params)
+    xs = jax.ShapeDtypeStruct((steps, batch, input_size), dtype)
+
+    def loss(p, x):
+        carry = cell.initial_carry((batch,), dtype)
+        hs, _, _ = pallas.run(cell, p, x, carry, None, kernel=kernel)
+        return jnp.sum(hs)
+
+    return jax.grad(loss), params, xs
+
+
+def measure(key, hidden, storage):
+    """Each candidate configuration's compiled resource use, up to the first that fits."""
+    cell = CELLS[key](hidden)
+    if storage == "bfloat16":
+        cell = dataclasses.replace(cell, compute_dtype=jnp.bfloat16)
+    dtype = jnp.float64 if storage == "float64" else jnp.float32
+    # every kernel holds U in shared memory (measured: U's bytes plus at most a few tens of KB),
+    # so one whose U alone passes the limit is not compiled (ptxas takes many minutes on them)
+    u_bytes = cell.num_gates * pallas.padded_hidden(hidden) ** 2 * jnp.dtype(storage).itemsize
+    if u_bytes > gpu_fit.SHARED_MEMORY_LIMIT:
+        return [{"kernel": None, "kernels": {}, "skipped": f"U alone needs {u_bytes} bytes"}]
+    with jax.enable_x64(storage == "float64"):
+        return _measure(cell, dtype)
+
+
+def _measure(cell, dtype):
+    options = []
+    for cand in CANDIDATES:
+        record = {"kernel": {f: getattr(cand, f) for f in cand.__dataclass_fields__},
+                  "kernels": {}}
+        try:
+            fn, *args = kernel_program(cell, dtype, cand)
+            for k in triton_kernels(lower_for_cuda(fn, *args)):
+                record["kernels"][k["name"]] = {**compile_kernel(k), "error": None}
+        except Exception as e:  # noqa: BLE001 - a failure to lower or compile is a measurement
+            record["kernels"]["error"] = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
+        options.append(record)
+        if record["kernels"] and all(gpu_fit.fits(r) for r in record["kernels"].values()):
+            break
+    return options
+
+
+def write_table(path, storages=("float32", "bfloat16", "float64")):
+    """Measures every (cell, H, storage) and writes the table module to ``path``."""
+    rows = {}
+    for key in CELLS:
+        for hidden in HIDDEN:
+            for storage in storages:
+                rows[(key, hidden, storage)] = measure(key, hidden, storage)
+                best = gpu_fit.kernel_for_options(rows[(key, hidden, storage)])
+                print(key, hidden, storage, "->", best, flush=True)
+    import triton
+
+    header = (f'"""Generated by `python -m rnn_jax.bench.gpu_compile --write {path}`: do not '
+              f'edit.\n\nKeys (cell, padded H, storage dtype); per key the configurations tried '
+              f'in order, each\nwith the shared memory (bytes), registers and spill bytes '
+              f'of its kernels for {DEVICE_KIND}\n(sm_{ARCH}). See rnn_jax.loops.gpu_fit.\n"""\n'
+              f'# ruff: noqa: E501\n\nJAX_VERSION = {jax.__version__!r}\n'
+              f'TRITON_VERSION = {triton.__version__!r}\n')
+    with open(path, "w") as f:
+        f.write(header + "TABLE = {\n")
+        for k, v in rows.items():
+            f.write(f"    {k!r}: {v!r},\n")
+        f.write("}\n")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--write", required=True, help="the table module to write")
+    args = parser.parse_args(argv)
+    write_table(args.write)
+
+
+if __name__ == "__main__":
+    main()

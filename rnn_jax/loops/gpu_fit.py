@@ -1,0 +1,86 @@
+"""Which fused-loop kernel fits a GPU: the measured fit table and the choice ``auto`` makes.
+
+A kernel fits when its Triton code, compiled for the target (sm_90, an H100/H200), needs at
+most the shared memory one program may have (232,448 bytes on sm_90) and does not spill
+registers. The numbers are not estimated: ``rnn_jax.bench.gpu_compile`` lowers every kernel
+for "cuda" on any machine (an abstract GPU stands in for a real one), compiles its Triton IR
+with the ``triton`` package (ptxas for sm_90), and writes ``gpu_fit_table.py`` from what the
+compiler reports. A cell takes a kernel only where its table entry fits: the key is (cell,
+padded H, U's storage dtype); anything else falls back to the scan paths.
+
+The table says nothing about speed (no GPU has timed these kernels yet), only that they compile
+and fit; ``method="auto"`` takes them on a GPU for that reason alone.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from rnn_jax.cells import GRU, LSTM, Elman
+from rnn_jax.loops import gpu_fit_table
+from rnn_jax.loops.pallas_launch import Kernel, padded_hidden
+
+SHARED_MEMORY_LIMIT = 232_448  # bytes of shared memory one block may use on sm_90 (227 KiB)
+
+
+def targets_gpu() -> bool:
+    """Whether the program being traced is for a GPU: the abstract device of the current
+    abstract mesh (``jax.sharding.use_abstract_mesh``) when one is named, else the backend.
+
+    Read at trace time on purpose: a ``jax.lax.platform_dependent`` choice would keep the
+    kernel branch in every program, and its ``custom_vjp`` would then break ``jax.jvp``,
+    ``jax.jacfwd`` and ``jax.hessian`` of the default path on every platform.
+    """
+    device = jax.sharding.get_abstract_mesh().abstract_device
+    if device is not None:
+        return device.platform in ("cuda", "rocm", "gpu")
+    return jax.default_backend() == "gpu"
+
+
+def cell_key(cell) -> str | None:
+    """The table's name for a cell's kernels ("elman_tanh", "lstm", "gru"), or None."""
+    if type(cell) is Elman:
+        return f"elman_{cell.activation}"
+    return {LSTM: "lstm", GRU: "gru"}.get(type(cell))
+
+
+def storage_dtype(cell, dtype) -> str:
+    """U's dtype inside the kernels: bf16 under a bf16 ``compute_dtype``, else the state's."""
+    cd = getattr(cell, "compute_dtype", None)
+    if cd is not None and jnp.dtype(cd) == jnp.bfloat16 and jnp.dtype(dtype) != jnp.float64:
+        return "bfloat16"
+    return jnp.dtype(dtype).name
+
+
+def fits(record) -> bool:
+    """Whether a measured record (one per kernel) compiled within the GPU's limits."""
+    return (record.get("error") is None and record["shared"] <= SHARED_MEMORY_LIMIT
+            and record["spills"] == 0)
+
+
+def entry(cell, dtype):
+    """The table's entry for (cell, padded H, storage dtype), or None when not measured."""
+    key = cell_key(cell)
+    if key is None:
+        return None
+    return gpu_fit_table.TABLE.get((key, padded_hidden(cell.hidden_size),
+                                    storage_dtype(cell, dtype)))
+
+
+def kernel_for_options(options) -> Kernel | None:
+    """The first measured configuration whose every kernel (forward, backward) fits."""
+    for option in options or ():
+        if option["kernels"] and all(fits(r) for r in option["kernels"].values()):
+            return Kernel(**option["kernel"])
+    return None
+
+
+def kernel_for(cell, dtype, batch=None) -> Kernel | None:
+    """The kernel configuration ``auto`` runs for this cell and state dtype, or None.
+
+    Configurations are measured in order of preference (fewer warps first); ``batch`` is
+    accepted for a future choice of rows per program by measured speed.
+    """
+    del batch
+    return kernel_for_options(entry(cell, dtype))

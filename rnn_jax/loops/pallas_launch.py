@@ -1,0 +1,122 @@
+"""How a fused-loop kernel is launched: its configuration, its precision, and the platform.
+
+``Kernel`` is the static configuration (rows per program, Triton warps and pipeline stages)
+that ``rnn_jax.loops.gpu_fit`` chooses from compiled resource use.
+
+Precision follows the caller, as XLA's own products do: ``jax_default_matmul_precision`` (or an
+explicit ``precision``) in float32 — ``"tf32"`` (one TF32 pass) for the default, ``"high"``,
+``"tensorfloat32"`` and ``"bfloat16"``; ``"ieee"`` (full float32 products) for ``"highest"`` and
+``"float32"``. A bf16 ``compute_dtype`` stores U in bf16 and rounds the state to bf16 in the
+products (``"bf16"``, float32 accumulation), as the cell's own ``_mm`` does; float64 is
+``"float64"``. On the CPU the kernels run in Pallas' interpret mode, where every product is
+exact in the state dtype, whatever the label.
+
+Backend: Pallas' Triton backend, named explicitly (jax 0.10 sends a bare ``pallas_call`` to
+Mosaic GPU, where these kernels do not lower). The compiled-or-interpreted choice is made when
+the program is *lowered* (``jax.lax.platform_dependent``), so a program traced on a CPU and
+lowered for ``"cuda"`` holds exactly the Triton kernels a GPU runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plgpu
+
+MIN_BLOCK = 16  # the smallest matrix-product tile Triton's tl.dot accepts
+_TF32 = ("tf32", jax.lax.Precision.DEFAULT)
+PRECISIONS = {  # jax_default_matmul_precision -> (label, the kernels' product precision)
+    None: _TF32, "default": _TF32, "bfloat16": _TF32, "fastest": _TF32,
+    "high": _TF32, "tensorfloat32": _TF32, "bfloat16_3x": _TF32,
+    "highest": ("ieee", jax.lax.Precision.HIGHEST),
+    "float32": ("ieee", jax.lax.Precision.HIGHEST),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Kernel:
+    """A kernel's static launch configuration.
+
+    Attributes:
+      block_b: batch rows per program (a power of two, at least 16: Triton's dot tile).
+      num_warps: Triton warps per program.
+      num_stages: Triton software-pipelining stages of the time loop.
+    """
+
+    block_b: int = MIN_BLOCK
+    num_warps: int = 4
+    num_stages: int = 1
+
+    def __post_init__(self):
+        b = self.block_b
+        if not isinstance(b, int) or b < MIN_BLOCK or b & (b - 1):
+            raise ValueError(f"block_b must be a power of two >= {MIN_BLOCK}, got {b!r}")
+        for name in ("num_warps", "num_stages"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+
+
+def padded_hidden(hidden: int) -> int:
+    """The power of two (>= 16) the kernels run H at (Triton's tiles are powers of two)."""
+    return max(MIN_BLOCK, 1 << (hidden - 1).bit_length())
+
+
+def precision_of(state_dtype, compute_dtype=None, precision=None):
+    """``(label, lax.Precision)`` of the kernels' products (see the module docstring).
+
+    ``precision``: a ``jax.default_matmul_precision`` name; None reads the config.
+    """
+    if jnp.dtype(state_dtype) == jnp.float64:
+        return "float64", jax.lax.Precision.HIGHEST
+    if compute_dtype is not None and jnp.dtype(compute_dtype) == jnp.bfloat16:
+        return "bf16", jax.lax.Precision.DEFAULT
+    name = jax.config.jax_default_matmul_precision if precision is None else precision
+    key = name.lower() if isinstance(name, str) else name
+    if key not in PRECISIONS:
+        raise ValueError(f"precision={name!r} is not supported; expected one of "
+                         f"{sorted(k for k in PRECISIONS if k)} or None")
+    return PRECISIONS[key]
+
+
+def _spec(kind, shape, block_b):
+    """BlockSpec by role: per-time-step rows, per-row state, whole matrix, or mask."""
+    if kind == "seq":  # [T, B, X]
+        return pl.BlockSpec((shape[0], block_b, shape[2]), lambda i: (0, i, 0))
+    if kind == "row":  # [B, X]
+        return pl.BlockSpec((block_b, shape[1]), lambda i: (i, 0))
+    if kind == "msk":  # [T, B]
+        return pl.BlockSpec((shape[0], block_b), lambda i: (0, i))
+    return pl.BlockSpec(tuple(shape), lambda i: (0,) * len(shape))  # "all": every program
+
+
+def call(kernel, name, cfg: Kernel, ins, outs, dtype, **static):
+    """pallas_call over batch blocks; ``ins``/``outs`` are (kind, array-or-shape) pairs.
+
+    Compiled for Triton on "cuda" and "rocm", interpreted on every other platform, decided at
+    lowering time.
+    """
+    batch = next(x.shape[1] for kind, x in ins if kind == "seq")
+    body = functools.partial(kernel, **static)
+
+    def launch(interpret, *args):
+        params = None if interpret else plgpu.CompilerParams(
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        return pl.pallas_call(
+            body,
+            grid=(batch // cfg.block_b,),
+            in_specs=[_spec(kind, x.shape, cfg.block_b) for kind, x in ins],
+            out_specs=[_spec(kind, shape, cfg.block_b) for kind, shape in outs],
+            out_shape=[jax.ShapeDtypeStruct(shape, dtype) for _, shape in outs],
+            interpret=interpret,
+            compiler_params=params,
+            name=name,
+        )(*args)
+
+    compiled, interpreted = (functools.partial(launch, flag) for flag in (False, True))
+    return jax.lax.platform_dependent(*[x for _, x in ins], cuda=compiled, rocm=compiled,
+                                      default=interpreted)
