@@ -82,7 +82,7 @@ def check_key(key):
     dtype = getattr(key, "dtype", None)
     shape = np.shape(key) if dtype is not None else None
     typed = dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key) and shape == ()
-    raw = dtype is not None and dtype == jnp.uint32 and shape == (2,)
+    raw = dtype is not None and dtype == jnp.uint32 and len(shape) == 1  # raw key data
     if not (typed or raw):
         got = f"{type(key).__name__}" + (f" of shape {shape}, dtype {dtype}" if dtype else "")
         raise TypeError(f"key must be one PRNG key (jax.random.key(seed)), got {got}")

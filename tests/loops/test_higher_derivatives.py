@@ -23,7 +23,7 @@ B, T, I = 2, 3, 2
 CELLS = {"elman": rj.Elman(2), "lstm": rj.LSTM(2), "gru": rj.GRU(2), "mingru": rj.MinGRU(2),
          "lru": rj.LRU(2)}
 GATED = ("elman", "lstm", "gru")
-LENGTHS = np.array([3, 2])
+LENGTHS = np.array([3, 2], np.int32)
 # quasi-DEER shares DEER's derivative rule (only the primal solve differs): one cell suffices
 CASES = ([(c, m) for c in GATED for m in ("fused", "deer")] + [("gru", "quasi_deer")]
          + [(c, m) for c in ("mingru", "lru") for m in ("deer", "scan_parallel")])

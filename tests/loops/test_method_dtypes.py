@@ -1,6 +1,8 @@
 """Every method keeps the input dtype: float64 in (params and xs), float64 out (outputs, final
 carry, gradients), equal to the float64 scan; float32 params with float64 xs also give float64."""
 
+import functools
+
 import jax
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
@@ -27,6 +29,7 @@ def run(cell, method, params, xs):
     return rj.rnn(cell, params, xs, lengths=lengths, method=method)
 
 
+@functools.partial(jax.jit, static_argnums=(0, 1))
 def value_and_grad(cell, method, params, xs):
     def loss(p):
         hs, final = run(cell, method, p, xs)
@@ -47,7 +50,8 @@ def test_float64_in_float64_out(cell_name, method):
                 assert g.dtype == jnp.float64
                 np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-9, atol=1e-11)
         # float32 params with float64 inputs: float64 outputs (the wider of the two)
-        hs, final = run(cell, method, cell.init(jax.random.key(0), I), xs)
+        hs, final = jax.jit(run, static_argnums=(0, 1))(cell, method,
+                                                         cell.init(jax.random.key(0), I), xs)
         assert hs.dtype == jnp.float64
         assert all(c.dtype == jnp.float64 for c in jax.tree.leaves(final))
 
