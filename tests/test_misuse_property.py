@@ -76,14 +76,17 @@ def bad_rnn_call(draw):
     elif what == "params":
         other = draw(cell_names)
         hidden = draw(st.sampled_from([2, 4, 6]))
+        leaf = "U" if "U" in params else "b"
+        dropped = draw(st.sampled_from(sorted(params)))
+        shape = params[leaf].shape
         if other == name and hidden == H:
             hidden = 6
         params = draw(st.sampled_from([
             params_of(other, hidden, I),
-            {k: v for k, v in params.items() if k != draw(st.sampled_from(sorted(params)))},
+            {k: v for k, v in params.items() if k != dropped},
             {**params, draw(st.text(min_size=1, max_size=3)).upper() + "_x": jnp.ones(2)},
-            {**params, "U" if "U" in params else "b":
-             jnp.ones(draw(st.sampled_from([(H,), (H + 1, H), (2, 2, 2)])))},
+            {**params, leaf: jnp.ones(draw(st.sampled_from(
+                [(*shape[:-1], shape[-1] + 1), (*shape, 2), (shape[-1] + 1,)])))},
             jax.tree.map(lambda p: p.astype(jnp.int32), params),
             None, [params], "params",
         ]))
@@ -193,6 +196,7 @@ def test_the_reported_misuses_and_their_messages():
     assert message == "reverse must be a bool (True or False), got str 'yes'"
     message = assert_named_error(lambda: rj.rnn(cell, rj.LSTM(8).init(KEY, I), XS), "params")
     assert message.startswith("params do not match GRU(hidden_size=8) with input_size=3: "
-                              "missing [\"['b_hn']\"], unexpected []")
+                              "missing params['b_hn']; unexpected none; expected params['U']: "
+                              "(8, 24)")
     message = assert_named_error(lambda: rj.Elman(True), "hidden_size")
     assert message == "hidden_size must be an int, got bool True"

@@ -211,11 +211,11 @@ def check_params(cell, params, input_size, name="params"):
     got = {jax.tree_util.keystr(p): x for p, x in got_leaves}
     about = f"{describe(cell)} with input_size={input_size}"
     if want_def != got_def:
-        missing = [k for k in want if k not in got]
-        extra = [k for k in got if k not in want]
+        missing = ", ".join(f"{name}{k}" for k in want if k not in got) or "none"
+        extra = ", ".join(f"{name}{k}" for k in got if k not in want) or "none"
         expect = ", ".join(f"{name}{k}: {want[k].shape}" for k in want)
-        if missing or extra:
-            raise ValueError(f"{name} do not match {about}: missing {missing}, unexpected "
+        if missing != "none" or extra != "none":
+            raise ValueError(f"{name} do not match {about}: missing {missing}; unexpected "
                              f"{extra}; expected {expect}")
         raise ValueError(f"{name} must be structured as {about}'s init ({want_def}), got "
                          f"{type(params).__name__} {got_def}")
