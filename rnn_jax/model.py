@@ -28,7 +28,7 @@ import numpy as np
 
 from rnn_jax.cells import initializers as inits
 from rnn_jax.cells import lead
-from rnn_jax.cells.validation import check_unroll, is_concrete
+from rnn_jax.cells.validation import check_unroll, is_concrete, mask_from, zero_padding
 from rnn_jax.loops.segments import check_remat
 from rnn_jax.rnn import MERGES, METHODS
 from rnn_jax.stack import _pair, init_stack, layer_cells, output_size, stack
@@ -239,6 +239,15 @@ class SequenceModel:
             return e + lead(params["proj"]["p"], e.ndim)
         return xs
 
+    def _zero_padding(self, xs, lengths, mask):
+        """xs with its masked steps zeroed before the input projection or embedding reads them
+        (a NaN there would reach the projection's gradient through ``x^T dL/de``)."""
+        steps_axis = xs.ndim - (1 if self.token_inputs else 2) if hasattr(xs, "ndim") else -1
+        if (lengths is None and mask is None) or steps_axis < 0:
+            return xs  # nothing masked, or a rank the checks below reject
+        m = mask_from(lengths, mask, tuple(xs.shape[:steps_axis]), xs.shape[steps_axis])
+        return zero_padding(xs[..., None], m)[..., 0] if self.token_inputs else zero_padding(xs, m)
+
     def apply(self, params, xs, *, lengths=None, mask=None, key=None, deterministic=True,
               carries=None, return_carries=False):
         """Logits ``[*batch, T, O]`` (readout "all") or ``[*batch, O]`` ("last", "flatten").
@@ -259,7 +268,7 @@ class SequenceModel:
         for name, value in (("deterministic", deterministic), ("return_carries", return_carries)):
             if not isinstance(value, bool):
                 raise TypeError(f"{name}: expected a bool, got {type(value).__name__} {value!r}")
-        e = self.embed(params, xs)  # validates xs first
+        e = self.embed(params, self._zero_padding(xs, lengths, mask))  # validates xs first
         steps = e.shape[-2]
         if self.readout == "flatten" and steps != self.seq_len:
             raise ValueError(f"xs has T={steps} steps, but readout='flatten' was built for "

@@ -27,11 +27,15 @@ import jax
 import jax.numpy as jnp
 
 from rnn_jax.cells.validation import (
+    check_bool,
     check_carry,
+    check_cell,
+    check_params,
     check_unroll,
     check_xs,
     mask_from,
     shape_of,
+    zero_padding,
 )
 from rnn_jax.loops import cudnn, deer, fused, gpu_fit, pallas, scan, segments
 from rnn_jax.loops.pallas_launch import precision_of
@@ -96,7 +100,12 @@ def rnn(cell, params, xs, carry=None, *, lengths=None, mask=None, reverse=False,
       xs: inputs, ``[*batch, T, I]`` (``[T, *batch, I]`` if ``time_major``).
       carry: initial carry, default ``cell.initial_carry(batch)`` (zeros).
       lengths: ``[*batch]`` ints, steps ``t < length`` are real. Exclusive with ``mask``.
-      mask: ``[*batch, T]`` bools, True marks a real step.
+        Outside [0, T] they raise ValueError when concrete; under jit they act clamped into
+        [0, T] on every method, and raise only through ``jax.experimental.checkify`` (see
+        ``rnn_jax.cells.validation``).
+      mask: ``[*batch, T]`` bools, True marks a real step. Inputs (and probes) of masked steps
+        are replaced by zeros first: whatever sits there (NaN, inf) reaches neither outputs,
+        carries nor gradients.
       reverse: visit positions from last to first; outputs stay aligned with input positions.
       time_major: layout of ``xs``, ``hs``, ``probes`` and ``carries``.
       unroll: scan unroll factor (speed only, never results).
@@ -126,7 +135,11 @@ def rnn(cell, params, xs, carry=None, *, lengths=None, mask=None, reverse=False,
       ``(hs, carry)`` or ``(hs, carry, carries)``: ``hs: [*batch, T, H]``, ``carry`` the final
       carry, ``carries`` every step's carry (leaves ``[*batch, T, ...]``).
     """
+    reverse, time_major = check_bool("reverse", reverse), check_bool("time_major", time_major)
+    return_carries = check_bool("return_carries", return_carries)
+    check_cell(cell)
     check_xs(cell, params, xs, time_major)
+    check_params(cell, params, xs.shape[-1])
     unroll = check_unroll(unroll)
     remat = segments.check_remat(remat)  # None, "segments" or a segment length
     if method not in METHODS:
@@ -147,6 +160,8 @@ def rnn(cell, params, xs, carry=None, *, lengths=None, mask=None, reverse=False,
     xs_tm = xs if time_major else jnp.moveaxis(xs, -2, 0)  # [T, *batch, I]
     num_steps, batch_shape = xs_tm.shape[0], tuple(xs_tm.shape[1:-1])
     m = mask_from(lengths, mask, batch_shape, num_steps)
+    m_tm = None if m is None else jnp.moveaxis(m, -1, 0)  # [T, *batch]
+    xs_tm = zero_padding(xs_tm, m_tm)  # inert padding: see rnn_jax.cells.validation
     # float32 at least (bf16 compute accumulates in float32), float64 for float64 inputs or
     # params: the scan carry must keep the dtype the cell's update produces.
     carry_dtype = jnp.result_type(jnp.float32, xs.dtype, *jax.tree.leaves(params))
@@ -162,12 +177,11 @@ def rnn(cell, params, xs, carry=None, *, lengths=None, mask=None, reverse=False,
             raise ValueError(f"probes must have shape {want}, got {shape_of(probes)}")
         probes = probes if time_major else jnp.moveaxis(probes, -2, 0)
         # in the carry's dtype, so the scan carry keeps its type (x64 makes plain zeros float64)
-        probes = jnp.asarray(probes).astype(carry_dtype)
+        probes = zero_padding(jnp.asarray(probes).astype(carry_dtype), m_tm)
 
     if path == "cudnn":  # takes lengths (validated above by mask_from), not a mask
         hs, final = cudnn.run(params, xs_tm, carry, lengths, reverse=reverse)
         return (hs if time_major else jnp.moveaxis(hs, 0, -2)), final
-    m_tm = None if m is None else jnp.moveaxis(m, -1, 0)  # [T, *batch]
     if path == "pallas":
         hs, final, carries = pallas.run(cell, params, xs_tm, carry, m_tm, reverse=reverse)
         if not time_major:
@@ -231,6 +245,8 @@ def bidirectional(fwd_cell, bwd_cell, params, xs, carry=None, *, lengths=None, m
     """
     if merge not in MERGES:
         raise ValueError(f"merge={merge!r} is not supported; expected one of {MERGES}")
+    time_major = check_bool("time_major", time_major)
+    return_carries = check_bool("return_carries", return_carries)
     if not isinstance(params, dict) or set(params) != {"fwd", "bwd"}:
         got = sorted(params) if isinstance(params, dict) else type(params).__name__
         raise ValueError(f"params must be a dict with keys 'fwd' and 'bwd', got {got}")

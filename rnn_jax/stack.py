@@ -15,6 +15,8 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
+from rnn_jax.cells.base import check_number
+from rnn_jax.cells.validation import check_bool, check_cell, check_params, check_xs
 from rnn_jax.rnn import MERGES, rnn
 from rnn_jax.rnn import bidirectional as birnn
 
@@ -77,6 +79,32 @@ def dropout(key, x, rate: float):
     return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
 
 
+def _check_layers(cells, params, xs, bidirectional, merge, time_major):
+    """Every layer's cell and params, before any layer runs; the first layer's input is xs."""
+    size = None
+    for layer, (cell, p) in enumerate(zip(cells, params, strict=True)):
+        if bidirectional:
+            pair = _pair(cell)
+            if len(pair) != 2:
+                raise ValueError(f"cells[{layer}] must be a cell or a (fwd, bwd) pair of cells, "
+                                 f"got {len(pair)} entries")
+            if not isinstance(p, dict) or set(p) != {"fwd", "bwd"}:
+                got = sorted(p) if isinstance(p, dict) else type(p).__name__
+                raise ValueError(f"params[{layer}] must be a dict with keys 'fwd' and 'bwd' "
+                                 f"(bidirectional=True), got {got}")
+            named = [(c, p[d], f"params[{layer}]['{d}']")
+                     for d, c in zip(("fwd", "bwd"), pair, strict=True)]
+        else:
+            named = [(cell, p, f"params[{layer}]")]
+        for c, p_c, name in named:
+            check_cell(c, f"cells[{layer}]")
+            if size is None:  # the first layer reads xs: a feature mismatch names xs
+                check_xs(c, p_c, xs, time_major)
+            check_params(c, p_c, xs.shape[-1] if size is None else size, name)
+        size = (sum(c.hidden_size for c, _, _ in named) if merge == "concat"
+                else named[0][0].hidden_size)
+
+
 def stack(cells, params, xs, carries=None, *, num_layers: int | None = None, lengths=None,
           mask=None, bidirectional: bool = False, merge: str = "concat", dropout_rate=0.0,
           key=None, deterministic: bool = True, time_major: bool = False, unroll=1,
@@ -96,10 +124,17 @@ def stack(cells, params, xs, carries=None, *, num_layers: int | None = None, len
       a list with each layer's final carry.
     """
     cells = layer_cells(cells, num_layers)
+    bidirectional = check_bool("bidirectional", bidirectional)
+    deterministic = check_bool("deterministic", deterministic)
+    time_major, reverse = check_bool("time_major", time_major), check_bool("reverse", reverse)
     if not isinstance(params, Sequence) or len(params) != len(cells):
         got = len(params) if isinstance(params, Sequence) else type(params).__name__
         raise ValueError(
             f"params must be a list with one entry per layer ({len(cells)}), got {got}")
+    if merge not in MERGES:
+        raise ValueError(f"merge={merge!r} is not supported; expected one of {MERGES}")
+    _check_layers(cells, params, xs, bidirectional, merge, time_major)
+    check_number("dropout_rate", dropout_rate)
     if not 0.0 <= dropout_rate < 1.0:
         raise ValueError(f"dropout_rate must lie in [0, 1), got {dropout_rate}")
     use_dropout = dropout_rate > 0.0 and not deterministic and len(cells) > 1

@@ -21,11 +21,14 @@ float32 accumulation, while the carry and all elementwise state updates stay flo
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 import operator
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from rnn_jax.cells import initializers as inits
 
@@ -39,12 +42,50 @@ def lead(v, ndim: int):
 
 def check_size(name: str, value: Any) -> int:
     try:
+        if isinstance(value, bool | np.bool_):  # True is an int to Python, not a size
+            raise TypeError
         n = operator.index(value)
     except TypeError:
         raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}") from None
     if n <= 0:
         raise ValueError(f"{name} must be a positive int, got {n}")
     return n
+
+
+def check_number(name: str, value: Any, *, positive: bool = False, optional: bool = False):
+    """A finite real number (``> 0`` if ``positive``; ``None`` too if ``optional``)."""
+    if value is None and optional:
+        return
+    if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number{' or None' if optional else ''}, got "
+                        f"{type(value).__name__} {value!r}")
+    if not math.isfinite(value) or (positive and not value > 0):
+        raise ValueError(f"{name} must be a finite{' positive' if positive else ''} number, got "
+                         f"{value!r}")
+
+
+def check_dtype(name: str, value: Any, *, optional: bool = False):
+    """A floating-point dtype (``jnp.float32``, ``"bfloat16"``, ...; ``None`` if ``optional``)."""
+    if value is None and optional:
+        return
+    try:
+        dtype = jnp.dtype(value)
+    except (TypeError, ValueError):
+        dtype = None
+    if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(f"{name} must be a floating-point dtype such as jnp.float32"
+                        f"{' or None' if optional else ''}, got {value!r}")
+
+
+def check_key(key):
+    """A TypeError unless ``key`` is one PRNG key (``jax.random.key(seed)`` or ``PRNGKey``)."""
+    dtype = getattr(key, "dtype", None)
+    shape = np.shape(key) if dtype is not None else None
+    typed = dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key) and shape == ()
+    raw = dtype is not None and dtype == jnp.uint32 and len(shape) == 1  # raw key data
+    if not (typed or raw):
+        got = f"{type(key).__name__}" + (f" of shape {shape}, dtype {dtype}" if dtype else "")
+        raise TypeError(f"key must be one PRNG key (jax.random.key(seed)), got {got}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +118,11 @@ class Cell:
 
     def __post_init__(self):
         check_size("hidden_size", self.hidden_size)
+        check_number("spectral_radius", self.spectral_radius, positive=True, optional=True)
+        check_number("singular_value", self.singular_value, positive=True, optional=True)
+        check_number("recurrent_gain", self.recurrent_gain)
+        check_dtype("param_dtype", self.param_dtype)
+        check_dtype("compute_dtype", self.compute_dtype, optional=True)
         inits.get_initializer(self.recurrent_init, argument="recurrent_init")
         inits.get_initializer(self.input_init, argument="input_init")
         inits.get_initializer(self.bias_init, argument="bias_init")
@@ -99,6 +145,7 @@ class Cell:
 
     def _init_common(self, key, input_size):
         """W: [I, G*H], U: [H, G*H], b: [G*H], each gate block initialised separately."""
+        check_key(key)
         input_size = check_size("input_size", input_size)
         h, g = self.hidden_size, self.num_gates
         k_w, k_u, k_b = jax.random.split(key, 3)

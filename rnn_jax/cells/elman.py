@@ -22,7 +22,7 @@ class Elman(Cell):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.activation not in ACTIVATIONS:
+        if not isinstance(self.activation, str) or self.activation not in ACTIVATIONS:
             raise ValueError(
                 f"activation={self.activation!r} is not supported; expected one of "
                 f"{sorted(ACTIVATIONS)}"

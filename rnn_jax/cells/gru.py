@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from rnn_jax.cells import initializers as inits
-from rnn_jax.cells.base import Cell, lead
+from rnn_jax.cells.base import Cell, check_key, lead
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,6 +26,7 @@ class GRU(Cell):
     num_gates = 3
 
     def init(self, key, input_size: int) -> dict:
+        check_key(key)
         k_common, k_hn = jax.random.split(key)
         params = self._init_common(k_common, input_size)
         b_init = inits.get_initializer(self.bias_init)

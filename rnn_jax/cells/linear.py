@@ -25,8 +25,15 @@ import jax
 import jax.numpy as jnp
 
 from rnn_jax.cells import initializers as inits
-from rnn_jax.cells.base import check_size, lead
-from rnn_jax.cells.validation import check_carry, check_xs, mask_from
+from rnn_jax.cells.base import check_dtype, check_key, check_number, check_size, lead
+from rnn_jax.cells.validation import (
+    check_bool,
+    check_carry,
+    check_params,
+    check_xs,
+    mask_from,
+    zero_padding,
+)
 
 HIGHEST = jax.lax.Precision.HIGHEST  # TF32 on GPUs would put a 1e-3 floor under the Newton update
 
@@ -114,10 +121,14 @@ class _LinearCell:
         Same arguments, masking rule and ``reverse`` alignment as ``rj.rnn``; returns
         ``(hs, final_carry)``. Shapes: xs: [*batch, T, I] -> hs: [*batch, T, H].
         """
+        reverse, time_major = check_bool("reverse", reverse), check_bool("time_major", time_major)
         check_xs(self, params, xs, time_major)
+        check_params(self, params, xs.shape[-1])
         xs_tm = xs if time_major else jnp.moveaxis(xs, -2, 0)
         num_steps, batch_shape = xs_tm.shape[0], tuple(xs_tm.shape[1:-1])
         m = mask_from(lengths, mask, batch_shape, num_steps)
+        if m is not None:  # inert padding, as in rj.rnn
+            xs_tm = zero_padding(xs_tm, jnp.moveaxis(m, -1, 0))
         dtype = jnp.result_type(jnp.float32, xs.dtype, *jax.tree.leaves(params))
         if carry is None:
             carry = self.initial_carry(batch_shape, dtype)
@@ -166,12 +177,14 @@ class MinGRU(_LinearCell):
         super().__post_init__()
         inits.get_initializer(self.input_init, argument="input_init")
         inits.get_initializer(self.bias_init, argument="bias_init")
-        if self.candidate not in CANDIDATES:
+        check_dtype("param_dtype", self.param_dtype)
+        if not isinstance(self.candidate, str) or self.candidate not in CANDIDATES:
             raise ValueError(f"candidate={self.candidate!r} is not supported; expected one of "
                              f"{list(CANDIDATES)}")
 
     def init(self, key, input_size: int) -> dict:
         """Fresh parameters ``{"W": [I, 2H], "b": [2H]}`` (each gate block separately)."""
+        check_key(key)
         input_size = check_size("input_size", input_size)
         h = self.hidden_size
         k_w, k_b = jax.random.split(key)
@@ -215,6 +228,9 @@ class LRU(_LinearCell):
 
     def __post_init__(self):
         super().__post_init__()
+        for name in ("r_min", "r_max", "max_phase"):
+            check_number(name, getattr(self, name))
+        check_dtype("param_dtype", self.param_dtype)
         if self.hidden_size % 2:
             raise ValueError(f"hidden_size must be even for the LRU (H = 2N real numbers for N "
                              f"complex modes), got {self.hidden_size}")
@@ -223,6 +239,7 @@ class LRU(_LinearCell):
                              f"r_max={self.r_max}")
 
     def init(self, key, input_size: int) -> dict:
+        check_key(key)
         input_size = check_size("input_size", input_size)
         n = self.hidden_size // 2
         k_r, k_p, k_b = jax.random.split(key, 3)

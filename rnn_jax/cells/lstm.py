@@ -7,7 +7,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from rnn_jax.cells.base import Cell
+from rnn_jax.cells.base import Cell, check_number
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +33,8 @@ class LSTM(Cell):
 
     def __post_init__(self):
         super().__post_init__()
+        check_number("forget_bias", self.forget_bias)
+        check_number("chrono_max", self.chrono_max, optional=True)
         if self.chrono_max is not None and not self.chrono_max > 2:
             raise ValueError(f"chrono_max must be > 2 (the longest time scale, in steps), got "
                              f"{self.chrono_max!r}")

@@ -14,14 +14,16 @@ quasi-DEER keeps only diag(J_t), so the scan is elementwise (Gonzalez et al., Ne
 reach the exact trajectory in at most T iterations (step t is exact after iteration t); they
 stop when max_t |s^{k+1}_t - s^k_t| <= tol or after ``max_iter`` iterations.
 
-Gradients follow the implicit-function theorem at the solution, not the Newton loop: with
-g_t = dL/ds_t the adjoint
+Derivatives follow the implicit-function theorem at the solution, not the Newton loop: a
+tangent (dtheta, du, ds_0) of the parameters, inputs and initial state moves the solution by
 
-    lambda_T = g_T,   lambda_t = g_t + J_{t+1}^T lambda_{t+1}
+    ds_t = J_t ds_{t-1} + (df/dtheta dtheta + df/du du_t)(s_{t-1}, u_t)
 
-is one more linear recurrence (the same scan, reversed, with exact full Jacobians also for
-quasi-DEER), and the gradients of params, inputs and the initial state are one vjp of f at the
-solution with cotangent lambda.
+one more linear recurrence (the same associative scan, with exact full Jacobians also for
+quasi-DEER). It is a ``jax.custom_jvp``: linear in the tangents, so reverse mode transposes it
+into the adjoint lambda_t = g_t + J_{t+1}^T lambda_{t+1} (BPTT), and the rule calls the solver
+itself for the primal, so ``jax.jvp``, ``jax.grad``, ``jax.jacfwd`` and ``jax.hessian`` all
+work, every order by the same rule.
 
 The carry pytree is flattened to one vector s in R^D (D = H; 2H for the LSTM's (h, c)). On a
 masked step f is the identity (J = I): the masking rule of ``rj.rnn``.
@@ -36,12 +38,21 @@ import operator
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from rnn_jax.cells.base import ACTIVATIONS
 from rnn_jax.cells.elman import Elman
 from rnn_jax.cells.linear import matvec, solve_linear
-from rnn_jax.cells.validation import check_carry, check_xs, mask_from
+from rnn_jax.cells.validation import (
+    check_bool,
+    check_carry,
+    check_cell,
+    check_params,
+    check_xs,
+    mask_from,
+    zero_padding,
+)
 
 
 # -- the flattened step ----------------------------------------------------------------------------
@@ -104,22 +115,11 @@ class _Solver:
         fs = jax.vmap(functools.partial(self.f, params))(prev, us, m)
         return jnp.max(jnp.abs(states - fs))
 
-    def adjoint(self, params, s0, us, m, states, g):
-        """lambda_t = g_t + J_{t+1}^T lambda_{t+1}, lambda_T = g_T, by a reversed scan."""
-        prev = jnp.concatenate([s0[None], states[:-1]], axis=0)
-        _, jac = jax.vmap(functools.partial(self.f_and_jac, params, diagonal=False))(prev, us, m)
-        a = jnp.concatenate([jnp.swapaxes(jac[1:], -1, -2), jnp.zeros_like(jac[:1])], axis=0)
-        return solve_linear(a[::-1], g[::-1], jnp.zeros_like(s0))[::-1]
 
-
-# -- the batch, with the implicit-function gradient ------------------------------------------
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+# -- the batch, with the implicit-function derivative ----------------------------------------
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
 def _solve(solver, params, s0, us, m):
     """Batched solve: s0: [B, D], us: [B, T, G*H], m: [B, T] -> (states [B, T, D], info...)."""
-    return _solve_fwd(solver, params, s0, us, m)[0]
-
-
-def _solve_fwd(solver, params, s0, us, m):
     over_b = functools.partial(jax.vmap, in_axes=(None, 0, 0, 0))
     states, iters, delta = over_b(solver.newton)(params, s0, us, m)
     conv = delta <= solver.tol
@@ -133,22 +133,29 @@ def _solve_fwd(solver, params, s0, us, m):
             return jnp.where(conv[:, None, None], states, seq)
 
         states = jax.lax.cond(jnp.all(conv), lambda: states, mixed)
-    out = (states, iters, conv, residual, fell_back)
-    return out, (params, s0, us, m, states)
+    return states, iters, conv, residual, fell_back
 
 
-def _solve_bwd(solver, res, cts):
-    params, s0, us, m, states = res
-    lam = jax.vmap(solver.adjoint, in_axes=(None, 0, 0, 0, 0, 0))(params, s0, us, m, states,
-                                                                 cts[0])
+def _no_tangent(x):
+    if jnp.issubdtype(x.dtype, jnp.inexact):
+        return jnp.zeros_like(x)
+    return np.zeros(x.shape, jax.dtypes.float0)
+
+
+@_solve.defjvp
+def _solve_jvp(solver, primals, tangents):
+    """ds_t = J_t ds_{t-1} + df(dtheta, du_t) at the solution (module doc), per sequence."""
+    params, s0, us, m = primals
+    t_params, t_s0, t_us, _ = tangents
+    out = _solve(solver, params, s0, us, m)  # the rule again at the next order
+    states = out[0]
     prev = jnp.concatenate([s0[:, None], states[:, :-1]], axis=1)
     step = jax.vmap(jax.vmap(solver.f, (None, 0, 0, 0)), (None, 0, 0, 0))
-    _, pull = jax.vjp(lambda p, sp, u: step(p, sp, u, m), params, prev, us)
-    d_params, d_prev, d_us = pull(lam)
-    return d_params, d_prev[:, 0], d_us, None
-
-
-_solve.defvjp(_solve_fwd, _solve_bwd)
+    _, rhs = jax.jvp(lambda p, u: step(p, prev, u, m), (params, us), (t_params, t_us))
+    jac_fn = functools.partial(solver.f_and_jac, params, diagonal=False)
+    _, jac = jax.vmap(jax.vmap(jac_fn))(prev, us, m)  # [B, T, D, D]
+    t_states = jax.vmap(solve_linear)(jac, rhs, t_s0)
+    return out, (t_states, *(_no_tangent(x) for x in out[1:]))
 
 
 # -- the public runner -----------------------------------------------------------------------------
@@ -201,18 +208,25 @@ def deer_rnn(cell, params, xs, carry=None, *, lengths=None, mask=None, reverse=F
       return_info: also return ``{"iterations", "converged", "residual", "fell_back"}``, each
         ``[*batch]``; residual = max_t |s_t - f(s_{t-1}, u_t)| of the Newton trajectory.
 
-    Gradients: implicit-function (adjoint) rule at the returned trajectory, see module doc;
-    reverse mode only (``jax.custom_vjp``).
+    Derivatives: the implicit-function rule at the returned trajectory, see module doc;
+    forward and reverse mode, any order (``jax.custom_jvp``).
 
     Shapes: xs: [*batch, T, I] ([T, *batch, I] if ``time_major``)  ->  hs: [*batch, T, H].
     """
+    reverse, time_major = check_bool("reverse", reverse), check_bool("time_major", time_major)
+    quasi, fallback = check_bool("quasi", quasi), check_bool("fallback", fallback)
+    return_info = check_bool("return_info", return_info)
+    check_cell(cell)
     check_xs(cell, params, xs, time_major)
+    check_params(cell, params, xs.shape[-1])
     carry_dtype = jnp.result_type(jnp.float32, xs.dtype, *jax.tree.leaves(params))  # as rj.rnn
     tol, max_iter = _check_options(default_tol(quasi, carry_dtype) if tol is None else tol,
                                    max_iter)
     xs_tm = xs if time_major else jnp.moveaxis(xs, -2, 0)
     num_steps, batch_shape = xs_tm.shape[0], tuple(xs_tm.shape[1:-1])
     m = mask_from(lengths, mask, batch_shape, num_steps)
+    if m is not None:  # inert padding, as in rj.rnn
+        xs_tm = zero_padding(xs_tm, jnp.moveaxis(m, -1, 0))
     if carry is None:
         carry = cell.initial_carry(batch_shape, carry_dtype)
     else:

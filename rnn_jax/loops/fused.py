@@ -158,7 +158,9 @@ def _recurrence_jvp(cell, unroll, primals, tangents):
     if not terms:  # only the initial carry (or U) is perturbed
         terms.append(jnp.zeros((*xs.shape[:-1], params["b"].size),
                                jnp.result_type(xs, params["W"], params["b"])))
-    t_u = sum(terms[1:], terms[0])
+    # [T, B, G*H] whatever the terms: db alone is [1, 1, G*H], and the tangent loop scans
+    # over its leading axis (Elman's rule passes t_u through unscaled by [T, B, H] coefs).
+    t_u = jnp.broadcast_to(sum(terms[1:], terms[0]), (*xs.shape[:-1], params["b"].size))
     e = None if _is_zero(t_p["U"]) else _times_tangent(cell.hidden(prev), t_p["U"])
     t_rest = {k: v for k, v in t_p.items() if k not in ("W", "b", "U") and not _is_zero(v)}
     vs = rule.inputs(cell, coefs, t_u, e, t_rest)
