@@ -18,6 +18,8 @@ An implementation that raises (while it is built, checked or timed) is recorded 
 ``failed`` with its error, and the others go on. Each record names the path that ran
 (``path``), the matmul precision asked for (``precision``) and what the products then use on
 this device (``matmul``: ``float32`` or ``tf32``).
+
+One topic, a little over 300 lines: a point is built, checked, timed and recorded here.
 """
 
 from __future__ import annotations

@@ -12,6 +12,9 @@ A step whose loss or gradient is not finite leaves parameters and optimizer stat
 is counted in ``TrainState.skipped``. The batch of step s is drawn from ``fold_in(data_key, s)``
 inside JAX, so a run is a pure function of its key: seeds can be ``jax.vmap``ed, and a run
 resumed from a checkpoint at step s continues exactly as if it had never stopped.
+
+One topic, a little over 300 lines: the optimizer factory, the step and the run share
+OptimizerConfig and the argument checks that every training entry point makes.
 """
 
 from __future__ import annotations
