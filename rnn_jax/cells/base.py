@@ -77,6 +77,36 @@ def check_dtype(name: str, value: Any, *, optional: bool = False):
                         f"{' or None' if optional else ''}, got {value!r}")
 
 
+def check_fields(cell) -> None:
+    """Type checks of every field of a cell by its annotation, before its own range checks.
+
+    bool, str, float (finite), int (positive), tuple (of real numbers), the dtypes; each error
+    names the field. A cell family adds its own checks of ranges and choices after this one.
+    """
+    for f in dataclasses.fields(cell):
+        value = getattr(cell, f.name)
+        kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        optional = kind.endswith("| None") and value is None
+        if f.name in ("param_dtype", "compute_dtype"):
+            check_dtype(f.name, value, optional=f.name == "compute_dtype")
+        elif optional:
+            continue
+        elif kind.startswith("bool") and not isinstance(value, bool):
+            raise TypeError(f"{f.name} must be a bool (True or False), got "
+                            f"{type(value).__name__} {value!r}")
+        elif kind.startswith("str") and not isinstance(value, str):
+            raise TypeError(f"{f.name} must be a str, got {type(value).__name__} {value!r}")
+        elif kind.startswith("float"):
+            check_number(f.name, value)
+        elif kind.startswith("int"):
+            check_size(f.name, value)
+        elif kind.startswith("tuple") and not (
+                isinstance(value, tuple) and all(isinstance(v, numbers.Real)
+                                                 and not isinstance(v, bool) for v in value)):
+            raise TypeError(f"{f.name} must be a tuple of real numbers, got "
+                            f"{type(value).__name__} {value!r}")
+
+
 def check_key(key):
     """A TypeError unless ``key`` is one PRNG key (``jax.random.key(seed)`` or ``PRNGKey``)."""
     dtype = getattr(key, "dtype", None)
@@ -117,6 +147,7 @@ class Cell:
     num_gates = 1  # class constant: width of W, U and b is num_gates * H
 
     def __post_init__(self):
+        check_fields(self)
         check_size("hidden_size", self.hidden_size)
         check_number("spectral_radius", self.spectral_radius, positive=True, optional=True)
         check_number("singular_value", self.singular_value, positive=True, optional=True)
@@ -217,6 +248,7 @@ class InputCell:
     num_gates = 1
 
     def __post_init__(self):
+        check_fields(self)
         check_size("hidden_size", self.hidden_size)
 
     def _input_params(self, key, input_size, init_name, num_gates=1):

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from rnn_jax.cells import initializers as inits
-from rnn_jax.cells.base import ACTIVATIONS, InputCell, lead
+from rnn_jax.cells.base import ACTIVATIONS, InputCell, check_key, check_size, lead
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +75,8 @@ class IndRNN(InputCell):
         return sign * jnp.clip(jnp.abs(u), b[0], b[1])
 
     def init(self, key, input_size: int) -> dict:
+        check_key(key)
+        input_size = check_size("input_size", input_size)
         k_w, k_u = jax.random.split(key)
         params = self._input_params(k_w, input_size, self.input_init)
         lo, hi = self.recurrent_range

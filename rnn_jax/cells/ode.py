@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from rnn_jax.cells import initializers as inits
-from rnn_jax.cells.base import InputCell
+from rnn_jax.cells.base import InputCell, check_key, check_size
 
 
 def _positive(name, value):
@@ -64,6 +64,8 @@ class AntisymmetricRNN(InputCell):
         return 2 if self.gated else 1
 
     def init(self, key, input_size: int) -> dict:
+        check_key(key)
+        input_size = check_size("input_size", input_size)
         k_w, k_m = jax.random.split(key)
         params = self._input_params(k_w, input_size, self.input_init, self.num_gates)
         params["M"] = _gaussian(k_m, self.hidden_size, self.init_std / math.sqrt(self.hidden_size))
@@ -136,6 +138,8 @@ class CoRNN(InputCell):
         return energy0 + num_steps * self.hidden_size * self.dt / rate if ok else math.inf
 
     def init(self, key, input_size: int) -> dict:
+        check_key(key)
+        input_size = check_size("input_size", input_size)
         k_w, k_b, k_y, k_z = jax.random.split(key, 4)
         h = self.hidden_size
         a = 1.0 / math.sqrt(int(input_size) + 2 * h)
@@ -201,6 +205,8 @@ class LipschitzRNN(InputCell):
         inits.get_initializer(self.input_init, argument="input_init")
 
     def init(self, key, input_size: int) -> dict:
+        check_key(key)
+        input_size = check_size("input_size", input_size)
         k_w, k_a, k_c = jax.random.split(key, 3)
         h = self.hidden_size
         params = self._input_params(k_w, input_size, self.input_init)

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from rnn_jax.cells import initializers as inits
-from rnn_jax.cells.base import InputCell, lead
+from rnn_jax.cells.base import InputCell, check_key, check_size, lead
 
 SKEW_INITS = ("henaff", "cayley")
 
@@ -72,6 +72,8 @@ class ExpRNN(InputCell):
         inits.get_initializer(self.input_init, argument="input_init")
 
     def init(self, key, input_size: int) -> dict:
+        check_key(key)
+        input_size = check_size("input_size", input_size)
         k_w, k_a, k_b = jax.random.split(key, 3)
         params = self._input_params(k_w, input_size, self.input_init)
         params["A"] = skew_init(k_a, self.hidden_size, self.skew_init)

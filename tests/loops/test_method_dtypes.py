@@ -56,9 +56,7 @@ def test_float64_in_float64_out(cell_name, method):
         assert all(c.dtype == jnp.float64 for c in jax.tree.leaves(final))
 
 
-# The Pallas kernels compute in float32 (rnn_jax.loops.pallas casts); keeping float64 there is
-# the GPU kernels' work (issue 15, found item 7), so this records the state, not the goal.
-@pytest.mark.xfail(strict=False, reason="pallas computes in float32 (GPU kernels' work)")
+# The Pallas kernels keep float64 (exact in interpret mode on the CPU; issue 15, found item 7).
 @pytest.mark.parametrize("cell_name", GATED)
 def test_pallas_float64(cell_name):
     cell = CELLS[cell_name]
