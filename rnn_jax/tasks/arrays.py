@@ -33,7 +33,7 @@ from .array_checks import (
     choice,
     positive_int,
 )
-from .protocol import validate_batch_size, validate_key
+from .protocol import sample_rows
 
 __all__ = ["ArrayTask", "array_task"]
 
@@ -107,11 +107,7 @@ class ArrayTask:
 
     def sample(self, key, batch_size):
         """Draw B training sequences uniformly with replacement (pure in ``key``, jit-able)."""
-        key = validate_key(key)
-        b = validate_batch_size(batch_size)
-        train = self.splits["train"]
-        idx = jax.random.randint(key, (b,), 0, train["xs"].shape[0], dtype=jnp.int32)
-        return {k: jnp.take(v, idx, axis=0) for k, v in train.items()}
+        return sample_rows(key, batch_size, self.splits["train"])
 
     def _check_outputs(self, outputs, batch):
         lead = tuple(batch["mask"].shape[: 1 if self.readout == "last" else 2])

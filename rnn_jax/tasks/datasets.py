@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import losses
-from .protocol import validate_batch_size, validate_key
+from .protocol import sample_rows
 
 __all__ = ["SequenceDataset", "sequence_dataset", "mnist1d_task", "digits_task"]
 
@@ -122,11 +122,7 @@ class SequenceDataset:
 
     def sample(self, key, batch_size):
         """Draw B training examples uniformly with replacement (pure in ``key``)."""
-        key = validate_key(key)
-        b = validate_batch_size(batch_size)
-        train = self.splits["train"]
-        idx = jax.random.randint(key, (b,), 0, train["ys"].shape[0], dtype=jnp.int32)
-        return {k: jnp.take(v, idx, axis=0) for k, v in train.items()}
+        return sample_rows(key, batch_size, self.splits["train"])
 
     def loss(self, outputs, batch):
         """Softmax cross-entropy of the class. Shapes: outputs [B, num_classes] -> []."""

@@ -57,6 +57,16 @@ def validate_batch_size(batch_size):
     return int(batch_size)
 
 
+def sample_rows(key, batch_size, split: dict) -> dict:
+    """B rows of a split (a dict of arrays sharing their first axis N), drawn uniformly with
+    replacement; pure in ``key`` and jit-able. Shapes: leaves [N, ...] -> [B, ...]."""
+    key = validate_key(key)
+    b = validate_batch_size(batch_size)
+    n = next(iter(split.values())).shape[0]
+    idx = jax.random.randint(key, (b,), 0, n, dtype=jnp.int32)
+    return {k: jnp.take(v, idx, axis=0) for k, v in split.items()}
+
+
 def check_int(name, value, minimum):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name}: expected an int, got {type(value).__name__} ({value!r})")
