@@ -148,11 +148,6 @@ def horizon(model: SequenceModel, params, xs, eps: float):
     return dg.gradient_horizon(jnp.median(norms, axis=0), eps)
 
 
-def _quartiles(values) -> dict:
-    q1, med, q3 = np.nanpercentile(np.asarray(values, float), [25, 50, 75])
-    return {"median": float(med), "q1": float(q1), "q3": float(q3)}
-
-
 def run(cfg: Config) -> dict:
     """Trains every (problem, model) over the seeds; see the module docstring for the metrics."""
     keys = training.seed_keys(cfg.seed, cfg.num_seeds)
@@ -183,7 +178,7 @@ def run(cfg: Config) -> dict:
             losses = ev["loss"].tolist()
             results[problem]["models"][name] = {
                 "test_loss_per_seed": losses,
-                "test_loss": _quartiles(losses),
+                "test_loss": training.spread(losses),
                 "normalized": float(np.nanmedian(losses) / task.baseline),
                 "horizon_init_per_seed": np.asarray(h0).tolist(),
                 "horizon_trained_per_seed": np.asarray(h1).tolist(),

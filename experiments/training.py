@@ -267,3 +267,23 @@ def _sample(key, task, batch_size):
 def per_seed(history: dict, name: str) -> list[list[float]]:
     """A recorded curve as ``[S][records]`` (the history stores ``[records][S]``)."""
     return np.asarray(history[name], dtype=float).T.tolist()
+
+
+def spread(values) -> dict:
+    """Median and interquartile range of per-seed values: ``{"median", "q1", "q3", "n"}``.
+
+    NaN seeds (a diverged run) are left out of the quartiles and counted in ``n`` only as
+    missing: ``n`` is the number of finite seeds. Every training experiment reports seeds this
+    way (median [Q1, Q3]), never one run or a mean.
+    """
+    v = np.asarray(values, dtype=float).ravel()
+    finite = v[np.isfinite(v)]
+    if finite.size == 0:
+        return {"median": float("nan"), "q1": float("nan"), "q3": float("nan"), "n": 0}
+    q1, med, q3 = np.percentile(finite, [25, 50, 75])
+    return {"median": float(med), "q1": float(q1), "q3": float(q3), "n": int(finite.size)}
+
+
+def format_spread(s: dict, fmt: str = ".4g") -> str:
+    """``median [Q1, Q3]`` as text (``nan`` when no seed finished)."""
+    return f"{s['median']:{fmt}} [{s['q1']:{fmt}}, {s['q3']:{fmt}}]"
