@@ -24,6 +24,7 @@ import math
 import os
 import pkgutil
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -148,6 +149,18 @@ def make_config(module, overrides: dict | None = None, *, smoke: bool = False):
     return cfg_cls(**values)
 
 
+def command_line(name: str, cfg, base, *, smoke: bool = False) -> str:
+    """The command that reruns ``cfg``: a flag for every field that differs from ``base`` (the
+    config of ``python -m experiments run NAME [--smoke]`` alone)."""
+    words = ["python -m experiments run", name] + (["--smoke"] if smoke else [])
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if value != getattr(base, f.name):
+            text = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+            words.append(f"--{f.name} {shlex.quote(text)}")
+    return " ".join(words)
+
+
 # -- what every results.json records -----------------------------------------------------------
 def environment() -> dict:
     """Versions, device and matmul precision: enough to know where a number came from."""
@@ -214,6 +227,7 @@ def run_experiment(name: str, overrides: dict | None = None, *, smoke: bool = Fa
     seconds = time.perf_counter() - start
     result = {
         "name": name,
+        "command": command_line(name, cfg, make_config(module, smoke=smoke), smoke=smoke),
         "config": to_jsonable(dataclasses.asdict(cfg)),
         "metrics": to_jsonable(metrics),
         "env": {**environment(), "smoke": smoke, "wall_seconds": round(seconds, 2)},
@@ -224,7 +238,8 @@ def run_experiment(name: str, overrides: dict | None = None, *, smoke: bool = Fa
         figures = [Path(p) for p in module.figures(metrics, cfg, out_dir)]
     lines = [f"# {name}", "", f"Run in {seconds:.1f} s on {result['env']['backend']} "
              f"({', '.join(sorted(set(result['env']['devices'])))}), jax {result['env']['jax']}"
-             f"{' — smoke run' if smoke else ''}.", ""]
+             f"{' — smoke run' if smoke else ''}.", "",
+             f"Reproduce: `{result['command']}`", ""]
     if hasattr(module, "report"):
         lines.append(module.report(metrics, cfg))
     else:

@@ -56,3 +56,24 @@ def test_list_prints_one_line_per_experiment():
                           text=True, timeout=300, check=True)
     lines = proc.stdout.strip().splitlines()
     assert [line.split()[0] for line in lines] == NAMES
+
+
+@pytest.mark.parametrize("smoke", [False, True])
+def test_recorded_command_rebuilds_the_same_config(smoke):
+    """results.json's ``command`` names every non-default field; its flags give back the config."""
+    import shlex
+
+    from experiments import remedies
+
+    overrides = {"copy_lens": "7,9", "adding_lens": "8,10", "models": "tanh,cornn",
+                 "learning_rate": "0.003", "checkpoint_dir": "/tmp/x y"}
+    cfg = harness.make_config(remedies, overrides, smoke=smoke)
+    words = shlex.split(harness.command_line("remedies", cfg,
+                                             harness.make_config(remedies, smoke=smoke),
+                                             smoke=smoke))
+    assert words[:5] == ["python", "-m", "experiments", "run", "remedies"]
+    assert ("--smoke" in words) == smoke
+    flags = [w for w in words[5:] if w != "--smoke"]
+    parsed = dict(zip([f[2:] for f in flags[::2]], flags[1::2], strict=True))
+    assert set(parsed) == set(overrides)
+    assert harness.make_config(remedies, parsed, smoke=smoke) == cfg
