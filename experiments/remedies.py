@@ -19,7 +19,8 @@ and the adding problem at length T (Le et al. 2015's sum variant; baseline 1/6).
 Models: ``tanh`` (PyTorch-initialised Elman), ``irnn`` (Le et al. 2015), ``lstm`` (forget bias
 1), ``lstm_chrono`` (Tallec & Ollivier 2018), ``gru``, and every remedy cell that
 ``rj.get_cell`` knows (expRNN, IndRNN, coRNN, AntisymmetricRNN, ... as they land in
-``rnn_jax.cells``), each with its own module's default initialisation.
+``rnn_jax.cells``), each with its own module's default initialisation; IndRNN with the paper's
+bound for a memory of the whole sequence (``memory=T``: |u| <= 2^(1/T)).
 
 What the papers report, for the reader's comparison (qualitative; their budgets are far larger
 than a 2-core CPU allows): expRNN (Lezcano-Casado & Martínez-Rubio 2019) solves copy at
@@ -40,7 +41,7 @@ import numpy as np
 
 from experiments import harness, training
 from rnn_jax import diagnostics as dg
-from rnn_jax.cells import CELLS, GRU, LSTM, Elman, get_cell, irnn, torch_like
+from rnn_jax.cells import CELLS, GRU, LSTM, Elman, IndRNN, get_cell, irnn, torch_like
 from rnn_jax.model import SequenceModel
 from rnn_jax.tasks import Adding, CopyMemory
 from rnn_jax.training.train import OptimizerConfig
@@ -129,6 +130,8 @@ def make_cell(name: str, hidden_size: int, seq_len: int):
         return LSTM(hidden_size, chrono_max=float(max(seq_len, 3)))
     if name == "gru":
         return GRU(hidden_size)
+    if name == "indrnn":  # the paper's bound |u| <= 2^(1/T) for a memory of the whole sequence
+        return IndRNN(hidden_size, memory=seq_len)
     return get_cell(name, hidden_size)
 
 
