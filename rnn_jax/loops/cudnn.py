@@ -18,8 +18,11 @@ to zero here, and a sequence of length 0 keeps its initial carry (cuDNN is given
 its step discarded). ``reverse=True`` alone reverses each sequence within its length before
 and after a forward cuDNN call; ``rnn_jax.bidirectional`` makes one bidirectional call.
 
-Precision: ``jax.experimental.rnn`` lets cuDNN use TF32 unless the matmul precision is
-``"highest"`` (``jax.default_matmul_precision``), so the caller's precision is honoured.
+Precision: cuDNN takes one flag, TF32 allowed or not. ``jax.default_matmul_precision`` of
+``"highest"``/``"float32"`` forbids it; anything else (unset, ``"default"``, ``"high"``, ...)
+allows it, as the other paths' default does on a GPU. The flag is passed to
+``jax.experimental.rnn.lstm`` explicitly, because left to itself it reads a ``"default"``
+context as a request for bfloat16 and raises (measured on the H200: jax 0.11.2).
 
 Supported: exactly ``rj.LSTM`` without ``compute_dtype``, float32 inputs, parameters and carry;
 ``lengths``; either direction; any batch axes (flattened to one); a GPU with jax's CUDA plugin
@@ -83,7 +86,14 @@ def cudnn_lstm(x, h0, c0, weights, seq_lengths, *, input_size, hidden_size, bidi
 
     return jrnn.lstm(x, h0, c0, weights, seq_lengths, input_size=input_size,
                      hidden_size=hidden_size, num_layers=1, dropout=0.0,
-                     bidirectional=bidirectional)
+                     bidirectional=bidirectional, precision=cudnn_precision())
+
+
+def cudnn_precision() -> jax.lax.Precision:
+    """HIGHEST (no TF32) under a ``"highest"``/``"float32"`` matmul precision, else HIGH (TF32)."""
+    p = jax.config.jax_default_matmul_precision
+    return jax.lax.Precision.HIGHEST if str(p).lower() in ("highest", "float32") else (
+        jax.lax.Precision.HIGH)
 
 
 def reference_lstm(x, h0, c0, weights, seq_lengths, *, input_size, hidden_size, bidirectional):

@@ -90,3 +90,27 @@ def test_bidirectional_is_one_cudnn_call(cuda_rnn_lowering):
     calls = custom_calls(text)
     assert calls.count("cudnn_rnn_ffi") == 1 and calls.count("cudnn_rnn_bwd_ffi") == 1
     assert f"tensor<{2 * (4 * h * (i + h) + 2 * 4 * h)}xf32>" in text
+
+
+@pytest.mark.parametrize("precision, tf32", [(None, True), ("default", True), ("high", True),
+                                             ("bfloat16", True), ("highest", False),
+                                             ("float32", False)])
+def test_matmul_precision_sets_cudnn_tf32_flag(cuda_rnn_lowering, precision, tf32):
+    """cuDNN's one flag follows the caller's precision; "default" lowers (jax.experimental.rnn
+    alone reads it as bfloat16 and raises: found on the H200)."""
+    import contextlib
+
+    cell, i = rj.LSTM(4), 3
+    params = cell.init(jax.random.key(0), i)
+    xs = jnp.ones((2, 3, i))
+
+    def loss(p, x):
+        return jnp.sum(rj.rnn(cell, p, x, method="cudnn")[0])
+
+    ctx = jax.default_matmul_precision(precision) if precision else contextlib.nullcontext()
+    with ctx:
+        flags = re.findall(r"cudnn_allow_tf32=(\w+)", str(jax.make_jaxpr(jax.grad(loss))(params,
+                                                                                           xs)))
+        calls = custom_calls(lower_for_cuda(jax.grad(loss), params, xs))
+    assert flags and set(flags) == {str(tf32)}
+    assert calls.count("cudnn_rnn_ffi") == 1 and calls.count("cudnn_rnn_bwd_ffi") == 1
