@@ -61,6 +61,16 @@ def check_schedule(num_steps: int, log_every: int, checkpoint_every: int) -> Non
             raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
 
 
+def check_rates(cfg, names) -> None:
+    """Each field of ``cfg`` named in ``names`` (learning rates, clip thresholds) must be a
+    finite number > 0; the error names the field the user set, not the optimizer's own."""
+    for name in names:
+        value = getattr(cfg, name)
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        if not ok or not np.isfinite(value) or value <= 0:
+            raise ValueError(f"{name}: expected a finite number > 0, got {value!r}")
+
+
 def _summary(metrics: dict) -> dict:
     """Statistics of per-step metrics ``[..., n]`` over their last axis, finite steps only
     (NaN where a window has none). Host NumPy, so a record never depends on the chunking."""
