@@ -67,7 +67,8 @@ class Config:
         for t in self.seq_lens:
             Adding(seq_len=t)  # validates the length
         harness.check_positive(self, ("hidden_size", "num_seeds", "batch_size", "eval_batch_size"))
-        self.optimizer_config("irnn")  # validates optimizer, learning rates, clip threshold
+        training.check_rates(self, ("learning_rate", "irnn_learning_rate", "clip_threshold"))
+        self.optimizer_config("irnn")  # validates the optimizer's name
         harness.check_eval_batches(self.eval_examples, self.eval_batch_size)
         harness.remat_option(self.remat)
         training.check_schedule(self.num_steps, self.log_every, self.checkpoint_every)

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rnn_jax.training import checkpoint, train
+from rnn_jax.training import checkpoint, logs, train
 
 RECORDED = ("loss", "grad_norm", "grad_norm_max", "clipped", "nonfinite")
 EVAL_STREAM = 0x7EA1  # fold_in(key(seed), EVAL_STREAM): evaluation data, apart from training
@@ -59,6 +59,16 @@ def check_schedule(num_steps: int, log_every: int, checkpoint_every: int) -> Non
                              ("checkpoint_every", checkpoint_every, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+
+
+def check_rates(cfg, names) -> None:
+    """Each field of ``cfg`` named in ``names`` (learning rates, clip thresholds) must be a
+    finite number > 0; the error names the field the user set, not the optimizer's own."""
+    for name in names:
+        value = getattr(cfg, name)
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        if not ok or not np.isfinite(value) or value <= 0:
+            raise ValueError(f"{name}: expected a finite number > 0, got {value!r}")
 
 
 def _summary(metrics: dict) -> dict:
@@ -128,11 +138,15 @@ def _task_id(task) -> str:
 
 
 def _identity(keys, model, task, opt_cfg, batch_size, log_every) -> dict:
-    return json.loads(json.dumps({
+    ident = {
         "keys": np.asarray(jax.random.key_data(keys)).tolist(), "model": repr(model),
         "task": _task_id(task),
         "optimizer": dataclasses.asdict(opt_cfg), "batch_size": batch_size,
-        "log_every": log_every}))
+        "log_every": log_every}
+    data = getattr(task, "fingerprint", None)
+    if data is not None:  # a task made of arrays: its data, not only its name (ArrayTask)
+        ident["data"] = data
+    return json.loads(json.dumps(ident))
 
 
 def init_states(keys, model, task, opt_cfg):
@@ -184,9 +198,11 @@ def resume(checkpoint_dir, like, identity: dict, num_steps: int, *, with_pending
         return (0, None, None, {}) if with_pending else (0, None, None)
     meta = checkpoint.read_metadata(checkpoint_dir, step=found)
     if meta.get("run") != identity:
-        diff = sorted(k for k in identity if meta.get("run", {}).get(k) != identity[k])
+        stored = meta.get("run") or {}
+        diff = logs.differences(stored, identity) or [
+            f"{k}: stored {stored[k]!r}, not given" for k in stored if k not in identity]
         raise ValueError(f"checkpoint_dir {os.fspath(checkpoint_dir)} holds a different run "
-                         f"(differs in {diff}); use another directory")
+                         f"(differs in {'; '.join(diff)}); use another directory")
     if found > num_steps:
         raise ValueError(f"checkpoint_dir {os.fspath(checkpoint_dir)} is at step {found}, "
                          f"beyond num_steps={num_steps}")

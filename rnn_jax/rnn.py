@@ -130,6 +130,12 @@ def rnn(cell, params, xs, carry=None, *, lengths=None, mask=None, reverse=False,
         (``rnn_jax.loops.deer``; not probes, return_carries, remat); ``"cudnn"`` runs cuDNN's
         LSTM through ``jax.experimental.rnn`` (``rnn_jax.loops.cudnn``: rj.LSTM, float32,
         lengths not mask, a GPU with jax's CUDA plugin; never chosen by ``"auto"``, unmeasured).
+        Derivatives: ``"scan"``, ``"fused"``, ``"deer"`` and ``"quasi_deer"`` support every
+        mode and order (``jax.grad``, ``jvp``, ``jacfwd``, ``hessian``); ``"pallas"`` and
+        ``"cudnn"`` are a ``jax.custom_vjp`` around backward kernels, first-order reverse mode
+        only (``jax.grad``, ``vjp``): ``jvp``/``jacfwd`` raise TypeError, and so does grad of
+        grad or ``hessian`` on pallas (cudnn: jax's NotImplementedError). ``"auto"`` takes
+        ``"pallas"`` on a GPU: pass ``"fused"`` or ``"scan"`` for forward mode.
 
     Returns:
       ``(hs, carry)`` or ``(hs, carry, carries)``: ``hs: [*batch, T, H]``, ``carry`` the final

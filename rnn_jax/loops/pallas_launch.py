@@ -118,5 +118,17 @@ def call(kernel, name, cfg: Kernel, ins, outs, dtype, **static):
         )(*args)
 
     compiled, interpreted = (functools.partial(launch, flag) for flag in (False, True))
-    return jax.lax.platform_dependent(*[x for _, x in ins], cuda=compiled, rocm=compiled,
-                                      default=interpreted)
+    # A kernel launch has no derivative of its own (pallas.py differentiates the kernels once,
+    # by custom_vjp): differentiating through one, i.e. grad of grad, raises this clear error.
+    run = jax.custom_jvp(lambda *xs: jax.lax.platform_dependent(
+        *xs, cuda=compiled, rocm=compiled, default=interpreted))
+    run.defjvp(_no_second_derivative)
+    return run(*[x for _, x in ins])
+
+
+def _no_second_derivative(primals, tangents):
+    raise TypeError(
+        "method='pallas' supports first-order reverse mode only (jax.grad, jax.vjp, "
+        "jax.value_and_grad): its kernels are a jax.custom_vjp, and neither the forward nor the "
+        "backward kernel can be differentiated again, so grad of grad, Hessian-vector products, "
+        "jax.hessian, jax.jvp and jax.jacfwd are unavailable; use method='fused' or 'scan'")

@@ -13,6 +13,7 @@ Padding is inert by construction: padded steps of ``xs`` (and of per-step ``ys``
 zeros, whatever they held (NaN, inf, garbage), and every loss and metric is masked.
 """
 
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ from .array_checks import (
     choice,
     positive_int,
 )
-from .protocol import sample_rows
+from .protocol import fingerprint, sample_rows
 
 __all__ = ["ArrayTask", "array_task"]
 
@@ -53,6 +54,8 @@ class ArrayTask:
     classification (uniform), the variance of the train targets (mean over real entries and
     output features) for regression. Compared by identity (``eq=False``), hence hashable and a
     valid static argument of ``jit``. Never fixed-length: masks always reach the runner.
+    ``fingerprint`` digests the data (``protocol.fingerprint``); checkpoint identities include
+    it, so a run never resumes on other data of the same shape.
 
     Shapes:
         xs [N, T, I] float or [N, T] int tokens; mask [N, T] bool
@@ -79,6 +82,11 @@ class ArrayTask:
         object.__setattr__(self, "splits", MappingProxyType(
             {k: MappingProxyType(dict(v)) for k, v in self.splits.items()}))
         object.__setattr__(self, "source_index", MappingProxyType(dict(self.source_index)))
+
+    @functools.cached_property
+    def fingerprint(self) -> dict:
+        """``{split: {"xs", "ys", "mask": "<dtype>[<shape>] <sha256 prefix>"}}``, computed once."""
+        return fingerprint(self.splits)
 
     @property
     def token_inputs(self) -> bool:

@@ -9,11 +9,15 @@ the analytic chance-level loss ``baseline``. Synthetic tasks are frozen dataclas
 ``split(name)``.
 """
 
+import hashlib
+from collections.abc import Mapping
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["validate_key", "validate_batch_size", "check_int", "check_outputs", "uniform_int"]
+__all__ = ["validate_key", "validate_batch_size", "check_int", "check_outputs", "uniform_int",
+           "fingerprint"]
 
 
 def validate_key(key):
@@ -65,6 +69,24 @@ def sample_rows(key, batch_size, split: dict) -> dict:
     n = next(iter(split.values())).shape[0]
     idx = jax.random.randint(key, (b,), 0, n, dtype=jnp.int32)
     return {k: jnp.take(v, idx, axis=0) for k, v in split.items()}
+
+
+def fingerprint(arrays) -> dict:
+    """A JSON-ready digest of a (nested) mapping of arrays, for checkpoint identities.
+
+    Each array maps to ``"<dtype>[<shape>] <h>"`` with ``h`` the first 16 hex digits of the
+    SHA-256 of its C-order bytes: deterministic across processes and machines, and any changed
+    value, dtype or shape changes it. Computed on the host (one device-to-host copy per array).
+    """
+    out = {}
+    for name, value in arrays.items():
+        if isinstance(value, Mapping):
+            out[name] = fingerprint(value)
+            continue
+        a = np.ascontiguousarray(jax.device_get(value))
+        digest = hashlib.sha256(a.tobytes()).hexdigest()[:16]
+        out[name] = f"{a.dtype}{list(a.shape)} {digest}"
+    return out
 
 
 def check_int(name, value, minimum):

@@ -14,10 +14,22 @@ import pathlib
 import time
 
 
+def differences(stored: dict, expected: dict, prefix: str = "") -> list[str]:
+    """``"<field>: stored <a> vs given <b>"`` for every field of ``expected`` that ``stored``
+    does not match, descending into dicts both hold (``data['train']['xs']: ...``)."""
+    diff = []
+    for k in expected if not prefix else dict.fromkeys([*stored, *expected]):
+        s, e, name = stored.get(k), expected.get(k), f"{prefix}[{k!r}]" if prefix else k
+        if isinstance(s, dict) and isinstance(e, dict):
+            diff += differences(s, e, name)
+        elif s != e:
+            diff.append(f"{name}: stored {s!r} vs given {e!r}")
+    return diff
+
+
 def check_identity(stored: dict, expected: dict, where: str) -> None:
     """Raises ValueError listing every field where ``stored`` differs from ``expected``."""
-    diff = [f"{k}: stored {stored.get(k)!r} vs given {expected[k]!r}"
-            for k in expected if stored.get(k) != expected[k]]
+    diff = differences(stored, expected)
     if diff:
         raise ValueError(f"{where} was written by a different run; differences: " + "; ".join(diff)
                          + ". Use another directory, or the original settings to resume.")

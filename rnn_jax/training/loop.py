@@ -128,6 +128,9 @@ def run_identity(key, model, task, opt_cfg, cfg: LoopConfig) -> dict:
     ident = {"key": key_data(key), "model": repr(model), "task": type(task).__name__,
              "seq_len": getattr(task, "seq_len", None), "optimizer": dataclasses.asdict(opt_cfg),
              "batch_size": cfg.batch_size, "dropout": cfg.dropout}
+    data = getattr(task, "fingerprint", None)
+    if data is not None:  # a task made of arrays: its data, not only its shape (ArrayTask)
+        ident["data"] = data
     return json.loads(json.dumps(ident))
 
 

@@ -77,3 +77,24 @@ def test_recorded_command_rebuilds_the_same_config(smoke):
     parsed = dict(zip([f[2:] for f in flags[::2]], flags[1::2], strict=True))
     assert set(parsed) == set(overrides)
     assert harness.make_config(remedies, parsed, smoke=smoke) == cfg
+
+
+@pytest.mark.parametrize("field", ["irnn_learning_rate", "learning_rate", "clip_threshold"])
+@pytest.mark.parametrize("value", ["-1", "0", "nan", "inf"])
+def test_a_bad_rate_is_refused_naming_the_field_that_was_set(field, value, capsys, tmp_path):
+    # adding has two learning rates; each is checked under its own name (not OptimizerConfig's)
+    # when the config is built, before anything runs.
+    assert main(["run", "adding", f"--{field}", value, "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == (f"error: {field}: expected a finite number > 0, "
+                           f"got {float(value)!r}"), err
+    assert "OptimizerConfig" not in err and not (tmp_path / "o").exists()
+
+
+def test_every_rate_of_every_experiment_is_refused_naming_it():
+    for name in NAMES:
+        module = harness.load(name)
+        for f in dataclasses.fields(module.Config):
+            if "learning_rate" in f.name or f.name == "clip_threshold":
+                with pytest.raises(ValueError, match=rf"\b{f.name}\b"):
+                    harness.make_config(module, {f.name: "-1"})

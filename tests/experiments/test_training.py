@@ -106,3 +106,24 @@ def test_the_cli_takes_any_checkpoint_every():
     cfg = harness.make_config(char_lm, {"num_steps": "60", "checkpoint_every": "20"}, smoke=True)
     assert (cfg.log_every, cfg.checkpoint_every) == (3, 20)
     assert training.boundaries(0, 60, 3, 20)[:8] == [3, 6, 9, 12, 15, 18, 20, 21]
+
+
+def test_train_seeds_refuses_a_checkpoint_of_other_data(tmp_path):
+    rng = np.random.default_rng(0)
+    xs, lengths = rng.normal(size=(12, 5, 2)).astype(np.float32), rng.integers(1, 6, 12)
+    ys = (xs[:, 0, 0] > 0).astype(np.int32)
+    task = tasks.array_task(xs, ys, lengths=lengths)
+    model = rj.SequenceModel(rj.GRU(3), task.output_size, readout="last")
+    opt, keys = train.OptimizerConfig("adam", 1e-2), training.seed_keys(0, 2)
+    kw = dict(batch_size=4, log_every=2, checkpoint_every=2)
+    training.train_seeds(keys, model, task, opt, num_steps=2, checkpoint_dir=tmp_path, **kw)
+    changed = xs.copy()
+    changed[0, 0, 0] += 1.0
+    with pytest.raises(ValueError, match=r"holds a different run \(differs in "
+                                         r"data\['train'\]\['xs'\]: stored 'float32\[12, 5, 2\]"):
+        training.train_seeds(keys, model, tasks.array_task(changed, ys, lengths=lengths), opt,
+                             num_steps=4, checkpoint_dir=tmp_path, **kw)
+    same = tasks.array_task(xs.copy(), ys, lengths=lengths)
+    _, history = training.train_seeds(keys, model, same, opt, num_steps=4,
+                                      checkpoint_dir=tmp_path, **kw)
+    assert history["step"] == [2, 4]

@@ -1,5 +1,6 @@
-"""Every method supports jax.jvp, jax.grad, jax.jacfwd and jax.hessian of its outputs, equal to
-those of method="scan" (float64, small sizes), for every cell it runs.
+"""Every method but pallas and cudnn supports jax.jvp, jax.grad, jax.jacfwd and jax.hessian of
+its outputs, equal to those of method="scan" (float64, small sizes), for every cell it runs;
+pallas is first-order reverse mode only (its gradient equals the scan's; the rest raises).
 
 The outputs are every step's output and the final carry, with lengths (padding) and a random
 initial carry; derivatives are taken with respect to all params and xs at once, and with
@@ -108,15 +109,32 @@ def test_pallas_reverse_mode_equals_the_scan(cell_name):
                                atol=1e-5)
 
 
-# The Pallas kernels are a jax.custom_vjp (rnn_jax.loops.pallas, owned by the GPU kernels'
-# work): forward mode (jvp, jacfwd, hessian = jacfwd of grad) raises there until they get a JVP.
-@pytest.mark.xfail(raises=TypeError, strict=False,
-                   reason="pallas kernels are custom_vjp: reverse mode only")
-def test_pallas_forward_mode():
-    theta, xs, unravel, v_theta, _ = case("elman")
-    theta, xs = theta.astype(jnp.float32), xs.astype(jnp.float32)
-    got = jax.jvp(lambda th: outputs("elman", "pallas", unravel(th), xs), (theta,),
-                  (v_theta.astype(jnp.float32),))[1]
-    want = jax.jvp(lambda th: outputs("elman", "scan", unravel(th), xs), (theta,),
-                   (v_theta.astype(jnp.float32),))[1]
-    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-5)
+# method="pallas" (and "cudnn") is a jax.custom_vjp around hand-written backward kernels, and a
+# JAX function has a custom_jvp or a custom_vjp, not both: a JVP rule would make reverse mode
+# transpose an XLA scan instead of running the backward kernel. The documented contract (rnn's
+# docstring, README): first-order reverse mode only; forward mode and second derivatives raise
+# a TypeError, never a wrong number or an error from deep inside JAX.
+def pallas_case(cell_name):
+    theta, xs, unravel, v_theta, _ = case(cell_name)
+    f = lambda th: outputs(cell_name, "pallas", unravel(th), xs.astype(jnp.float32))  # noqa: E731
+    return f, theta.astype(jnp.float32), v_theta.astype(jnp.float32)
+
+
+def test_pallas_forward_mode_raises_naming_custom_vjp():
+    f, theta, v_theta = pallas_case("elman")
+    with pytest.raises(TypeError, match="custom_vjp"):
+        jax.jvp(f, (theta,), (v_theta,))
+    with pytest.raises(TypeError, match="custom_vjp"):
+        jax.jacfwd(f)(theta)
+
+
+@pytest.mark.parametrize("cell_name", GATED)
+def test_pallas_second_derivatives_raise_a_clear_error(cell_name):
+    f, theta, v_theta = pallas_case(cell_name)
+    loss = lambda th: jnp.sum(jnp.sin(f(th)))  # noqa: E731
+    hvp = jax.grad(lambda th: jnp.vdot(jax.grad(loss)(th), v_theta))  # reverse over reverse
+    first_order = r"method='pallas' supports first-order reverse mode only.*'fused' or 'scan'"
+    with pytest.raises(TypeError, match=first_order):
+        hvp(theta)
+    with pytest.raises(TypeError, match=first_order):
+        jax.hessian(loss)(theta)

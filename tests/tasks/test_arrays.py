@@ -223,3 +223,65 @@ def test_outputs_of_the_wrong_shape_are_refused():
         task.loss(np.zeros((2, 2), np.float32), batch)
     with pytest.raises(ValueError, match="name: expected one of"):
         task.split("dev")
+
+
+def _tree_bytes(root):
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file()}
+
+
+def test_checkpoints_are_tied_to_the_data_not_only_its_shape(tmp_path):
+    xs, lengths, last = data()
+    ys = (last[:, 0] > 0).astype(np.int32)
+    task = tasks.array_task(xs, ys, lengths=lengths)
+    model = rj.SequenceModel(rj.GRU(4), task.output_size, readout="last")
+    opt = train.OptimizerConfig("adam", 1e-2)
+    base = dict(batch_size=4, log_every=2, checkpoint_every=2, progress=False)
+    full_state, full = loop.fit(KEY, model, task, opt, loop.LoopConfig(num_steps=6, **base))
+    ckpt = tmp_path / "ckpt"
+    loop.fit(KEY, model, task, opt, loop.LoopConfig(num_steps=4, checkpoint_dir=ckpt, **base))
+    # The same data in a task built afresh (another object) resumes, bitwise exact.
+    same = tasks.array_task(xs.copy(), ys.copy(), lengths=lengths.copy())
+    assert same.fingerprint == task.fingerprint
+    before = _tree_bytes(ckpt)
+    # One value changed (shape, dtype and everything else equal): refused, naming the array,
+    # before anything in the checkpoint directory is written or removed.
+    changed = xs.copy()
+    changed[3, 0, 1] += 1.0
+    other = tasks.array_task(changed, ys, lengths=lengths)
+    digest = r"'float32\[24, 9, 3\] [0-9a-f]{16}'"
+    with pytest.raises(ValueError, match=rf"different run; differences: data\['train'\]\['xs'\]: "
+                                         rf"stored {digest} vs given {digest}\. Use another"):
+        loop.fit(KEY, model, other, opt, loop.LoopConfig(num_steps=6, checkpoint_dir=ckpt,
+                                                         **base))
+    assert _tree_bytes(ckpt) == before
+    state, history = loop.fit(KEY, model, same, opt, loop.LoopConfig(
+        num_steps=6, checkpoint_dir=ckpt, **base))
+    assert history == full
+    for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(full_state.params),
+                    strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_the_fingerprint_sees_every_array_and_only_array_tasks_carry_one():
+    xs, lengths, last = data()
+    ys = (last[:, 0] > 0).astype(np.int32)
+    task = tasks.array_task(xs, ys, lengths=lengths, validation=0.25, key=KEY)
+    fp = task.fingerprint
+    assert set(fp) == {"train", "validation"} and set(fp["train"]) == {"xs", "ys", "mask"}
+    assert fp["validation"]["mask"].startswith("bool[6, 9] ")
+    row = task.source_index["validation"][0]
+    other = lengths.copy()
+    other[row] = lengths[row] % T + 1  # another length in [1, T]: a validation mask changes
+    moved = tasks.array_task(xs, ys, lengths=other, validation=0.25, key=KEY).fingerprint
+    assert moved["train"] == fp["train"] and moved["validation"]["mask"] != fp["validation"]["mask"]
+    flipped = tasks.array_task(xs, 1 - ys, lengths=lengths, validation=0.25, key=KEY).fingerprint
+    assert flipped["train"]["ys"] != fp["train"]["ys"] and flipped["train"]["xs"] == fp["train"][
+        "xs"]
+    # Other tasks keep the identity their existing checkpoints were written with.
+    cfg = loop.LoopConfig(num_steps=1, batch_size=2, progress=False)
+    opt = train.OptimizerConfig("adam", 1e-2)
+    model = rj.SequenceModel(rj.GRU(4), 1)
+    ident = loop.run_identity(KEY, model, tasks.Adding(seq_len=5), opt, cfg)
+    assert set(ident) == {"key", "model", "task", "seq_len", "optimizer", "batch_size", "dropout"}
+    assert loop.run_identity(KEY, model, task, opt, cfg)["data"] == fp

@@ -187,7 +187,7 @@ def test_foreign_directories_raise_and_stay_untouched(reference, tmp_path):
         loop.fit(KEY, other_model, TASK, OPT, cfg(checkpoint_dir=ckpt))
     with pytest.raises(ValueError, match=r"different run.*key: stored"):
         loop.fit(jax.random.key(8), MODEL, TASK, OPT, cfg(checkpoint_dir=ckpt))
-    with pytest.raises(ValueError, match=r"optimizer: stored"):
+    with pytest.raises(ValueError, match=r"optimizer\['learning_rate'\]: stored 0.01 vs given 0.1"):
         loop.fit(KEY, MODEL, TASK, dataclasses.replace(OPT, learning_rate=0.1),
                  cfg(checkpoint_dir=ckpt))
     with pytest.raises(ValueError, match="step 8, beyond num_steps=4"):
