@@ -182,8 +182,6 @@ def init_states(keys, model, task, opt_cfg):
     return jax.vmap(lambda k: train.init_state(k, model, task, optimizer))(keys)
 
 
-# Module-level jitted functions with the model, task and optimizer as static arguments: jax's
-# compilation cache then serves every run of the same setting in a process (seeds, resumes).
 def _per_device(fn, mesh: Mesh | None, in_specs):
     """``fn`` (vmapped over seeds) run on each device's block of seeds (None: as is)."""
     if mesh is None:
@@ -194,6 +192,8 @@ def _per_device(fn, mesh: Mesh | None, in_specs):
                          check_vma=False)
 
 
+# Module-level jitted functions with the model, task and optimizer as static arguments: jax's
+# compilation cache then serves every run of the same setting in a process (seeds, resumes).
 @functools.partial(jax.jit, static_argnums=(2, 3, 4, 5, 6, 7))
 def _chunk(keys, state, model, task, opt_cfg, batch_size, num_steps, mesh=None):
     def one(key, st):
