@@ -20,6 +20,14 @@ training continues. The batch of step t is drawn from ``fold_in(data_key, t)`` i
 the same compiled calls on the same values as an uninterrupted one and ends bitwise where it
 ends, with the same history (records are computed on the host from the per-step values).
 
+Devices: with several devices, the seed axis is split over a 1-D mesh named ``"seeds"``
+(:func:`seed_mesh`): keys and every state leaf are placed with
+``NamedSharding(mesh, PartitionSpec("seeds"))`` and each chunk runs as a ``shard_map`` of the
+same vmapped program, S / n seeds per device, with no communication between devices. n is the
+largest device count that divides S (S = 12 on 8 devices: 6 devices; S = 11: one), so a
+multi-GPU user runs the same command and gets the same results (up to float summation order);
+with one device nothing changes.
+
 Shapes: keys [S]; every state leaf [S, ...]; history[name] is a list of records, each [S].
 """
 
@@ -29,13 +37,16 @@ import dataclasses
 import functools
 import json
 import os
+import warnings
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from rnn_jax.training import checkpoint, logs, train
 
+SEED_AXIS = "seeds"  # the mesh axis the seed dimension is split over
 RECORDED = ("loss", "grad_norm", "grad_norm_max", "clipped", "nonfinite")
 EVAL_STREAM = 0x7EA1  # fold_in(key(seed), EVAL_STREAM): evaluation data, apart from training
 
@@ -45,6 +56,34 @@ def seed_keys(seed: int, num_seeds: int):
     if isinstance(num_seeds, bool) or not isinstance(num_seeds, int) or num_seeds < 1:
         raise ValueError(f"num_seeds must be a positive int, got {num_seeds!r}")
     return jax.random.split(jax.random.key(seed), num_seeds)
+
+
+def seed_device_count(num_seeds: int, num_devices: int) -> int:
+    """The largest number of devices, at most ``num_devices``, that divides ``num_seeds``."""
+    return max(d for d in range(1, num_devices + 1) if num_seeds % d == 0)
+
+
+def seed_mesh(num_seeds: int, devices=None) -> Mesh | None:
+    """A 1-D mesh ``("seeds",)`` over the first :func:`seed_device_count` of ``devices``
+    (default ``jax.devices()``), or None when that is one device (nothing to split)."""
+    devices = jax.devices() if devices is None else list(devices)
+    n = seed_device_count(num_seeds, len(devices))
+    return None if n == 1 else Mesh(np.asarray(devices[:n]), (SEED_AXIS,))
+
+
+def shard_seeds(tree, mesh: Mesh | None):
+    """Every leaf ``[S, ...]`` of ``tree`` split along its first axis over ``mesh`` (None: as
+    is). Values are unchanged; only where they live."""
+    if mesh is None:
+        return tree
+    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec(SEED_AXIS)))
+
+
+def replicate(tree, mesh: Mesh | None):
+    """``tree`` copied to every device of ``mesh`` (None: as is): data shared by all seeds."""
+    if mesh is None:
+        return tree
+    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
 
 
 def eval_key(seed: int):
@@ -157,21 +196,33 @@ def init_states(keys, model, task, opt_cfg):
     return jax.vmap(lambda k: train.init_state(k, model, task, optimizer))(keys)
 
 
+def _per_device(fn, mesh: Mesh | None, in_specs):
+    """``fn`` (vmapped over seeds) run on each device's block of seeds (None: as is)."""
+    if mesh is None:
+        return fn
+    # check_vma off: the per-seed code (scans started from constants) was not written with
+    # shard_map's varying-axis types in mind, and it needs none: no value crosses devices.
+    return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=PartitionSpec(SEED_AXIS),
+                         check_vma=False)
+
+
 # Module-level jitted functions with the model, task and optimizer as static arguments: jax's
 # compilation cache then serves every run of the same setting in a process (seeds, resumes).
-@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5, 6))
-def _chunk(keys, state, model, task, opt_cfg, batch_size, num_steps):
+@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5, 6, 7))
+def _chunk(keys, state, model, task, opt_cfg, batch_size, num_steps, mesh=None):
     def one(key, st):
         st, metrics = train.train(key, model, task, opt_cfg, num_steps=num_steps,
                                   batch_size=batch_size, state=st)
         return st, {k: metrics[k] for k in ("loss", "grad_norm", "clipped", "finite")}
 
-    return jax.vmap(one)(keys, state)
+    seeds = PartitionSpec(SEED_AXIS)
+    return _per_device(jax.vmap(one), mesh, (seeds, seeds))(keys, state)
 
 
-@functools.partial(jax.jit, static_argnums=(2, 3))
-def _eval(params, batch, model, task):
-    return jax.vmap(train.make_eval_step(model, task), in_axes=(0, None))(params, batch)
+@functools.partial(jax.jit, static_argnums=(2, 3, 4))
+def _eval(params, batch, model, task, mesh=None):
+    fn = jax.vmap(train.make_eval_step(model, task), in_axes=(0, None))
+    return _per_device(fn, mesh, (PartitionSpec(SEED_AXIS), PartitionSpec()))(params, batch)
 
 
 def boundaries(start: int, num_steps: int, log_every: int, checkpoint_every: int = 0
@@ -229,18 +280,22 @@ def train_seeds(keys, model, task, opt_cfg: train.OptimizerConfig, *, num_steps:
     ``probe(params) -> dict of [S] arrays`` runs on the host after every chunk (stacked params).
     Returns ``(state, history)``: the final stacked ``TrainState`` and ``history`` with
     ``"step"`` (the step of each record) and one list of ``[S]`` values per recorded name
-    (``RECORDED`` and the probe's names).
+    (``RECORDED`` and the probe's names). With several devices the seeds are split over them
+    (module docstring): the returned state is sharded the same way, with the same values.
     """
     check_schedule(num_steps, log_every, checkpoint_every)
+    mesh = seed_mesh(keys.shape[0])
     like = jax.eval_shape(lambda k: init_states(k, model, task, opt_cfg), keys)
     identity = _identity(keys, model, task, opt_cfg, batch_size, log_every)
     start, state, history, pending = resume(checkpoint_dir, like, identity, num_steps,
                                             with_pending=True)
     if state is None:
         state, history = init_states(keys, model, task, opt_cfg), {"step": []}
+    # a restored state comes back on one device: placed like a fresh one
+    keys, state = shard_seeds((keys, state), mesh)
     step = start
     for end in boundaries(start, num_steps, log_every, checkpoint_every):
-        state, metrics = _chunk(keys, state, model, task, opt_cfg, batch_size, end - step)
+        state, metrics = _chunk(keys, state, model, task, opt_cfg, batch_size, end - step, mesh)
         step, pending = end, extend(pending, metrics)
         if is_record_step(step, num_steps, log_every):
             record = {**_summary(pending), **(probe(state.params) if probe is not None else {})}
@@ -257,11 +312,14 @@ def train_seeds(keys, model, task, opt_cfg: train.OptimizerConfig, *, num_steps:
 def evaluate(model, task, params, batches):
     """``task.metrics`` of every seed's model, averaged over equal-sized ``batches``.
 
+    Seeds are split over the devices like :func:`train_seeds` (the batches copied to each).
     Shapes: params leaves [S, ...]; each batch unstacked (``xs`` [B, T, ...]) -> dict of [S].
     """
+    mesh = seed_mesh(jax.tree.leaves(params)[0].shape[0])
+    params = shard_seeds(params, mesh)
     totals = None
     for batch in batches:
-        out = _eval(params, batch, model, task)
+        out = _eval(params, replicate(batch, mesh), model, task, mesh)
         totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
     return {k: np.asarray(v) / len(batches) for k, v in totals.items()}
 
@@ -298,6 +356,18 @@ def spread(values) -> dict:
         return {"median": float("nan"), "q1": float("nan"), "q3": float("nan"), "n": 0}
     q1, med, q3 = np.percentile(finite, [25, 50, 75])
     return {"median": float(med), "q1": float(q1), "q3": float(q3), "n": int(finite.size)}
+
+
+def curve_spread(curves) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(Q1, median, Q3)`` over seeds, record by record, of per-seed curves ``[S][records]``
+    (None or NaN entries, a diverged seed's, left out; NaN where no seed is finite): the line
+    and interquartile band a figure draws."""
+    ys = np.asarray([[np.nan if v is None else v for v in row] for row in curves], float)
+    ys = np.where(np.isfinite(ys), ys, np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a record where every seed diverged
+        q1, med, q3 = np.nanpercentile(ys, [25, 50, 75], axis=0)
+    return q1, med, q3
 
 
 def format_spread(s: dict, fmt: str = ".4g") -> str:

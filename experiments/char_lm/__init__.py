@@ -27,9 +27,16 @@ plays cannot leak across splits. The default run is small enough for a laptop CP
 characters); larger runs take flags (e.g. ``--hidden_size 512 --num_steps 20000``, or
 ``--edition all`` for the whole corpus).
 
+Seeds: ``num_seeds`` models per architecture, one per key (their initialisations differ; the
+streams and window order are the same for all), trained as one vmapped program; test and
+training bits per character and the clipped fraction are reported as the median and
+interquartile range over seeds (``experiments.training.spread``), curves as the median with an
+interquartile band.
+
 Sample: ``sample_length`` characters generated after ``prompt`` at temperature
 ``temperature`` (softmax(z / tau); tau = 1 samples the model's own distribution, tau < 1 makes
-it more conservative: fewer misspelt words, more repetition).
+it more conservative: fewer misspelt words, more repetition), from seed 0 of the model with the
+lowest median test bits per character.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ import functools
 import json
 import math
 import os
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -57,7 +65,8 @@ SAMPLE_STREAM = 0x5A3E  # fold_in(key(seed), SAMPLE_STREAM): the generation key
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """The full default run: three 1-layer models, H = 128, 4000 TBPTT updates each."""
+    """The full default run: three 1-layer models, H = 128, 4000 TBPTT updates each, 3 seeds
+    per model trained together (vmapped): three times the arithmetic of one seed."""
 
     models: tuple[str, ...] = MODELS
     hidden_size: int = 128
@@ -76,6 +85,7 @@ class Config:
     sample_length: int = 400  # characters to generate after training
     temperature: float = 0.8  # sampling temperature (0: greedy)
     seed: int = 0
+    num_seeds: int = 3  # models per architecture, one per key, trained as one vmapped program
     checkpoint_dir: str | None = None
     checkpoint_every: int = 500
 
@@ -84,7 +94,7 @@ class Config:
         if self.edition not in EDITIONS:
             raise ValueError(f"edition must be one of {EDITIONS}, got {self.edition!r}")
         for name in ("hidden_size", "embed_size", "window", "batch_size", "num_steps",
-                     "log_every", "eval_batch_size", "val_chars"):
+                     "log_every", "eval_batch_size", "val_chars", "num_seeds"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
@@ -107,8 +117,8 @@ class Config:
 
 # Two models keep the smoke run short (LSTM: a tuple carry, GRU: an array one); val_chars = the
 # whole validation split, the size of the test split, so both evaluations share one compilation.
-SMOKE = dict(models=("lstm", "gru"), hidden_size=8, embed_size=4, max_chars=20_000, window=8,
-             batch_size=4, num_steps=6, log_every=3, checkpoint_every=3, val_chars=1000,
+SMOKE = dict(models=("lstm", "gru"), num_seeds=2, hidden_size=8, embed_size=4, max_chars=20_000,
+             window=8, batch_size=4, num_steps=6, log_every=3, checkpoint_every=3, val_chars=1000,
              eval_batch_size=4, sample_length=20)
 
 
@@ -137,8 +147,14 @@ def make_model(name: str, cfg: Config, vocab_size: int) -> SequenceModel:
 
 
 def count_params(params) -> int:
-    """The number of scalars in a parameter pytree."""
+    """The number of scalars in a parameter pytree (of one seed: pass unstacked params)."""
     return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
+
+
+def seed_keys(cfg: Config, name: str):
+    """One key per seed of model ``name``: ``split(fold_in(key(seed), model index), S)``."""
+    key = jax.random.fold_in(jax.random.key(cfg.seed), MODELS.index(name))
+    return jax.random.split(key, cfg.num_seeds)
 
 
 # -- training in chunks of TBPTT updates ------------------------------------------------------
@@ -163,9 +179,18 @@ def _chunk(state, carries, stream, model, opt_cfg, window, num_steps):
     return state, carries, metrics
 
 
+@functools.partial(jax.jit, static_argnums=(3, 4, 5, 6))
+def _chunk_seeds(states, carries, stream, model, opt_cfg, window, num_steps):
+    """:func:`_chunk` for every seed at once. Shapes: states and carries [S, ...]; metrics
+    [S, num_steps]; the stream is shared."""
+    return jax.vmap(lambda st, car: _chunk(st, car, stream, model, opt_cfg, window, num_steps)
+                    )(states, carries)
+
+
 @functools.partial(jax.jit, static_argnums=(2, 3))
 def _stream_loss(params, stream, model, window):
-    return tbptt.stream_loss(model, params, stream, window)
+    """Mean cross-entropy (nats) of every seed over a stream. Shapes: params [S, ...] -> [S]."""
+    return jax.vmap(lambda p: tbptt.stream_loss(model, p, stream, window))(params)
 
 
 def _identity(name: str, cfg: Config, model) -> dict:
@@ -178,21 +203,31 @@ def _identity(name: str, cfg: Config, model) -> dict:
                                                       "repr": repr(model)})))
 
 
+def _finite(values) -> list:
+    return [float(v) if math.isfinite(v) else None for v in np.asarray(values, float)]
+
+
 def _summary(m) -> dict:
+    """Per seed, over a logging window's finite updates ``[S, n]``: mean loss, median and
+    largest pre-clip norm (None where no update was finite), clipped fraction, skipped count."""
     ok = np.asarray(m["finite"], bool)
-    loss = np.asarray(m["loss"], float)[ok]
-    norm = np.asarray(m["grad_norm"], float)[ok]
-    return {"loss": float(loss.mean()) if loss.size else None,
-            "grad_norm": float(np.median(norm)) if norm.size else None,
-            "grad_norm_max": float(np.max(norm)) if norm.size else None,
-            "clipped": float(np.mean(m["clipped"])), "nonfinite": int(np.sum(~ok))}
+    loss = np.where(ok, np.asarray(m["loss"], float), np.nan)
+    norm = np.where(ok, np.asarray(m["grad_norm"], float), np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a seed with no finite update
+        stats = {"loss": np.nanmean(loss, -1), "grad_norm": np.nanmedian(norm, -1),
+                 "grad_norm_max": np.nanmax(norm, -1)}
+    return {**{k: _finite(v) for k, v in stats.items()},
+            "clipped": np.mean(m["clipped"], -1).tolist(),
+            "nonfinite": np.sum(~ok, -1).astype(int).tolist()}
 
 
 def fit(name: str, cfg: Config, task, val_stream):
     """Trains model ``name`` with TBPTT in chunks; logs every ``log_every`` updates; checkpoints
     every ``checkpoint_every`` updates (with the unfinished logging window) and resumes.
 
-    Returns ``(model, state, history)``; history holds per logging window the mean training loss
+    Returns ``(model, state, history)``: the stacked state of the ``num_seeds`` seeds, and per
+    logging window and seed (``history[name]`` is ``[records][S]``) the mean training loss
     (nats), the median and largest pre-clip gradient norm, the clipped fraction and the
     validation loss (nats) on the first ``val_chars`` validation characters.
     """
@@ -202,9 +237,9 @@ def fit(name: str, cfg: Config, task, val_stream):
     if tbptt.window_count(stream.shape[1], cfg.window) < 1:
         raise ValueError(f"the training text gives streams of {stream.shape[1]} characters at "
                          f"batch_size={cfg.batch_size}, shorter than window + 1")
-    key = jax.random.fold_in(jax.random.key(cfg.seed), MODELS.index(name))
-    state = train.init_state(key, model, task, train.make_optimizer(opt_cfg))
-    carries = model.initial_carries((cfg.batch_size,))
+    optimizer = train.make_optimizer(opt_cfg)
+    state = jax.vmap(lambda k: train.init_state(k, model, task, optimizer))(seed_keys(cfg, name))
+    carries = model.initial_carries((cfg.num_seeds, cfg.batch_size))
     ckpt = None if cfg.checkpoint_dir is None else os.path.join(cfg.checkpoint_dir, name)
     identity = _identity(name, cfg, model)
     like = {"state": state, "carries": carries}
@@ -217,18 +252,18 @@ def fit(name: str, cfg: Config, task, val_stream):
         state, carries = restored["state"], restored["carries"]
     step = start
     for end in training.boundaries(start, cfg.num_steps, cfg.log_every, cfg.checkpoint_every):
-        state, carries, m = _chunk(state, carries, stream, model, opt_cfg, cfg.window,
-                                   end - step)
+        state, carries, m = _chunk_seeds(state, carries, stream, model, opt_cfg, cfg.window,
+                                         end - step)
         step, pending = end, training.extend(pending, m)
         if training.is_record_step(step, cfg.num_steps, cfg.log_every):
             s = _summary(pending)
             pending = {}
-            val = float(_stream_loss(state.params, val_stream, model, cfg.window))
+            val = _stream_loss(state.params, val_stream, model, cfg.window)
             history["step"].append(step)
             history["train_loss"].append(s["loss"])
             for k in ("grad_norm", "grad_norm_max", "clipped", "nonfinite"):
                 history[k].append(s[k])
-            history["val_loss"].append(val if math.isfinite(val) else None)
+            history["val_loss"].append(_finite(val))
         if ckpt is not None and training.is_record_step(step, cfg.num_steps,
                                                         cfg.checkpoint_every):
             checkpoint.save(ckpt, step, {"state": state, "carries": carries}, keep=2, metadata={
@@ -248,20 +283,26 @@ def run(cfg: Config) -> dict:
     ln2 = math.log(2.0)
     val_stream = eval_stream(task, "validation", cfg.eval_batch_size, cfg.val_chars)
     test_stream = eval_stream(task, "test", cfg.eval_batch_size)
-    out = {"test_bpc": {}, "samples": {}, "num_params": {}, "final_train_bpc": {},
-           "clip_fraction": {}, "curves": {}}
+    # test_bpc[name] etc.: medians over seeds; *_spread: median, Q1, Q3, n; *_per_seed: [S]
+    out = {f"{k}{suffix}": {} for k in ("test_bpc", "final_train_bpc", "clip_fraction")
+           for suffix in ("", "_spread", "_per_seed")}
+    out |= {"samples": {}, "num_params": {}, "curves": {}}
     for name in cfg.models:
         model, state, hist = fit(name, cfg, task, val_stream)
-        out["test_bpc"][name] = float(_stream_loss(state.params, test_stream, model,
-                                                   cfg.window)) / ln2
-        out["num_params"][name] = count_params(state.params)
-        out["final_train_bpc"][name] = (None if hist["train_loss"][-1] is None
-                                        else hist["train_loss"][-1] / ln2)
-        out["clip_fraction"][name] = float(np.mean(hist["clipped"]))
+        test = np.asarray(_stream_loss(state.params, test_stream, model, cfg.window)) / ln2
+        train_bpc = [np.nan if v is None else v / ln2 for v in hist["train_loss"][-1]]
+        clipped = np.mean(np.asarray(hist["clipped"], float), axis=0)  # [S]
+        for key, values in (("test_bpc", test), ("final_train_bpc", train_bpc),
+                            ("clip_fraction", clipped)):
+            out[f"{key}_per_seed"][name] = _finite(values)
+            out[f"{key}_spread"][name] = training.spread(values)
+            out[key][name] = out[f"{key}_spread"][name]["median"]
+        seed0 = jax.tree.map(lambda x: x[0], state.params)
+        out["num_params"][name] = count_params(seed0)
         out["curves"][name] = hist
         key = jax.random.fold_in(jax.random.key(cfg.seed), SAMPLE_STREAM)
         out["samples"][name] = generate.generate_text(
-            key, model, state.params, task, cfg.prompt, cfg.sample_length,
+            key, model, seed0, task, cfg.prompt, cfg.sample_length,
             temperature=cfg.temperature)
     best = min(cfg.models, key=lambda m: out["test_bpc"][m])
     out["best_model"] = best

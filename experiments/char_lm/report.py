@@ -7,13 +7,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from experiments import training
+
 if TYPE_CHECKING:
     from experiments.char_lm import Config
 
 
 def figures(metrics: dict, cfg: Config, out_dir) -> list:
     """bpc_curves.png: training (chunk mean) and validation bits per character against updates,
-    with the unigram and uniform baselines; and the median pre-clip gradient norm per chunk."""
+    with the unigram and uniform baselines; and the median and largest pre-clip gradient norm
+    per chunk. Every curve: the median over seeds with the interquartile band."""
     from rnn_jax import plotting
 
     ln2 = math.log(2.0)
@@ -21,20 +24,21 @@ def figures(metrics: dict, cfg: Config, out_dir) -> list:
     with plotting.style():
         for i, name in enumerate(cfg.models):
             h = metrics["curves"][name]
-            tr = np.asarray([np.nan if v is None else v for v in h["train_loss"]], float) / ln2
-            va = np.asarray([np.nan if v is None else v for v in h["val_loss"]], float) / ln2
-            ax.plot(h["step"], tr, color=f"C{i}", label=f"{name} train")
-            ax.plot(h["step"], va, color=f"C{i}", ls="--", marker="o", ms=2.5,
-                    label=f"{name} validation")
-            for key, style, label in (("grad_norm", "-", f"{name} median"),
-                                      ("grad_norm_max", ":", f"{name} max")):
-                gn = np.asarray([np.nan if v is None else v for v in h[key]], float)
-                ax_g.plot(h["step"], gn, color=f"C{i}", ls=style, label=label)
+            for axis, key, scale, kw in (
+                    (ax, "train_loss", ln2, {"label": f"{name} train"}),
+                    (ax, "val_loss", ln2, {"ls": "--", "marker": "o", "ms": 2.5,
+                                           "label": f"{name} validation"}),
+                    (ax_g, "grad_norm", 1.0, {"label": f"{name} median"}),
+                    (ax_g, "grad_norm_max", 1.0, {"ls": ":", "label": f"{name} max"})):
+                q1, med, q3 = training.curve_spread(training.per_seed(
+                    {key: [[np.nan if v is None else v for v in r] for r in h[key]]}, key))
+                axis.plot(h["step"], med / scale, color=f"C{i}", **kw)
+                axis.fill_between(h["step"], q1 / scale, q3 / scale, color=f"C{i}", alpha=0.15)
         ax.axhline(metrics["unigram_bpc"], color="k", ls=":", lw=1,
                    label=f"unigram {metrics['unigram_bpc']:.2f}")
         ax.axhline(metrics["uniform_bpc"], color="grey", ls="-.", lw=1,
                    label=f"uniform {metrics['uniform_bpc']:.2f}")
-        ax.set(xlabel="TBPTT update", ylabel="bits per character",
+        ax.set(xlabel="TBPTT update", ylabel="bits per character (median, IQR band)",
                title=f"Shakespeare ({cfg.edition}), H = {cfg.hidden_size}")
         ax.legend(ncols=2, fontsize=7, loc="center right")
         ax_g.axhline(cfg.clip_threshold, color="k", ls="-.", lw=1,
@@ -55,26 +59,29 @@ def report(metrics: dict, cfg: Config) -> str:
         f"{cfg.embed_size}; truncated BPTT over {cfg.batch_size} streams, windows of "
         f"{cfg.window} characters, carries passed between windows with stop_gradient; Adam "
         f"{cfg.learning_rate:g}, global-norm clipping at {cfg.clip_threshold:g}; "
-        f"{cfg.num_steps} updates ({metrics['train_chars_read']:,} characters read).",
+        f"{cfg.num_steps} updates ({metrics['train_chars_read']:,} characters read). "
+        f"{cfg.num_seeds} seeds per model (initialisations; same data order): median [Q1, Q3] "
+        "over the seeds that stayed finite (their number in 'seeds').",
         "",
-        "| model | parameters | test bits/char | last train bits/char | steps clipped |",
-        "|---|---|---|---|---|",
+        "| model | parameters | seeds | test bits/char | last train bits/char | updates clipped |",
+        "|---|---|---|---|---|---|",
     ]
     for name in cfg.models:
-        tr = metrics["final_train_bpc"][name]
-        lines.append(f"| {name} | {metrics['num_params'][name]:,} | "
-                     f"{metrics['test_bpc'][name]:.3f} | "
-                     f"{'n/a' if tr is None else f'{tr:.3f}'} | "
-                     f"{metrics['clip_fraction'][name]:.2%} |")
+        test, tr, clip = (metrics[f"{k}_spread"][name] for k in ("test_bpc", "final_train_bpc",
+                                                                  "clip_fraction"))
+        lines.append(f"| {name} | {metrics['num_params'][name]:,} | {test['n']} | "
+                     f"{training.format_spread(test, '.3f')} | "
+                     f"{training.format_spread(tr, '.3f')} | "
+                     f"{training.format_spread(clip, '.2%')} |")
     lines += [
-        f"| unigram baseline | {metrics['vocab_size'] - 1} | {metrics['unigram_bpc']:.3f} | | |",
-        f"| uniform, log2 V | 0 | {metrics['uniform_bpc']:.3f} | | |",
+        f"| unigram baseline | {metrics['vocab_size'] - 1} | | {metrics['unigram_bpc']:.3f} | | |",
+        f"| uniform, log2 V | 0 | | {metrics['uniform_bpc']:.3f} | | |",
         "",
         "Karpathy, Johnson & Fei-Fei (2015) train larger, deeper models for much longer and "
         "report other corpora (War and Peace, the Linux kernel source), so there is no "
         "published number for this setting: the table compares with the two baselines only.",
         "",
-        f"Sample from the best model ({metrics['best_model']}), temperature "
+        f"Sample from seed 0 of the best model ({metrics['best_model']}), temperature "
         f"{cfg.temperature:g}, {cfg.sample_length} characters after the prompt:",
         "",
         "```",

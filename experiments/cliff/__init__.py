@@ -16,6 +16,13 @@ wall (largest gradient on a fine line at w = ``wall_w``), gradient-descent traje
 and without clipping (the project's optimizer factory,
 ``rnn_jax.training.train.make_optimizer``), and Doya's bifurcation diagram at w = 5 (fixed
 points and the attractor reached from several x_0).
+
+The descent is deterministic, so its spread comes from where it starts: besides the wall point
+at w = ``wall_w``, ``num_starts`` points are drawn on the wall (w uniform from ``key(seed)``
+over the part of ``w_range`` where x_0 is a repelling fixed point, b where ||grad E|| peaks on a
+fine line across the closed-form wall), each descended with and without clipping, and the first
+step's length and the final loss are reported as the median and interquartile range over them
+(``experiments.training.spread``).
 """
 
 from __future__ import annotations
@@ -28,13 +35,16 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from experiments import training
 from rnn_jax import diagnostics as dg
 from rnn_jax.training.train import OptimizerConfig, make_optimizer
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """The full run: 801² grid for the statistics, 201² plotted, 300 descent steps at lr 0.5."""
+    """The full run: 801² grid for the statistics, 201² plotted, 300 descent steps at lr 0.5
+    from the wall at w = 5 and from 16 random wall points (whose wall searches, 16 x 40001
+    points, cost about as much as the 801² grid again)."""
 
     seq_len: int = 50  # T, steps of the one-unit recurrence
     x0: float = 0.5  # initial state x_0
@@ -48,6 +58,9 @@ class Config:
     learning_rate: float = 0.5
     clip_threshold: float = 1.0
     gd_steps: int = 300  # gradient-descent steps from the wall, with and without clipping
+    num_starts: int = 16  # random wall points descended too: the spread over start points
+    seed: int = 0  # draws the random wall points
+    start_window: float = 0.05  # half-width in b of each random start's search for its wall
     bif_w: float = 5.0  # w of the bifurcation diagram
     bif_b_range: tuple[float, ...] = (-3.25, -1.75)  # range of b in the bifurcation diagram
     bif_num_b: int = 151  # values of b in the bifurcation diagram
@@ -61,15 +74,18 @@ class Config:
             if len(lo_hi) != 2 or not lo_hi[0] < lo_hi[1]:
                 raise ValueError(f"{name} must be (low, high) with low < high, got {lo_hi}")
         for name in ("seq_len", "grid_size", "stats_grid_size", "wall_search", "gd_steps",
-                     "bif_num_b", "bif_line_points"):
+                     "bif_num_b", "bif_line_points", "num_starts"):
             if getattr(self, name) < 2:
                 raise ValueError(f"{name} must be >= 2, got {getattr(self, name)}")
+        if not self.start_window > 0:
+            raise ValueError(f"start_window must be > 0, got {self.start_window}")
         if not self.learning_rate > 0 or not self.clip_threshold > 0:
             raise ValueError(f"learning_rate and clip_threshold must be > 0, got "
                              f"{self.learning_rate}, {self.clip_threshold}")
 
 
 SMOKE = {"grid_size": 41, "stats_grid_size": 81, "wall_search": 2001, "gd_steps": 20,
+         "num_starts": 4,
          "bif_num_b": 41, "bif_line_points": 201, "bif_x0": (-3.0, 0.5, 3.0)}
 
 
@@ -177,6 +193,41 @@ def wall_b(w, x0):
     return x0 - w * jax.nn.sigmoid(x0)
 
 
+def wall_starts(cfg: Config):
+    """``num_starts`` points on the wall: w ~ U[max(w_min, w_lo), w_hi] from ``key(seed)``
+    (w_min = 1 / (sigma(x_0) sigma'(x_0)): below it x_0 is not a repelling fixed point and there
+    is no wall), b where ||grad E|| peaks on ``wall_search`` points within ``start_window`` of
+    the closed form :func:`wall_b` (the wall is far thinner than a line across ``b_range`` could
+    resolve at every w).
+
+    Shapes: -> [num_starts, 2].
+    """
+    sig0 = jax.nn.sigmoid(cfg.x0)
+    w_lo = max(float(1.0 / (sig0 * (1.0 - sig0))), cfg.w_range[0])
+    ws = jax.random.uniform(jax.random.key(cfg.seed), (cfg.num_starts,), minval=w_lo,
+                            maxval=cfg.w_range[1])
+    offsets = jnp.linspace(-cfg.start_window, cfg.start_window, cfg.wall_search)
+    bs = wall_b(ws, cfg.x0)[:, None] + offsets[None, :]  # [N, L]
+    lines = jnp.stack(jnp.broadcast_arrays(ws[:, None], bs), axis=-1)  # [N, L, 2]
+    ((_, g),) = evaluate(cfg, [lines.reshape(-1, 2)])
+    peak = jnp.argmax(g.reshape(cfg.num_starts, -1), axis=1)
+    return jnp.stack([ws, jnp.take_along_axis(bs, peak[:, None], axis=1)[:, 0]], axis=-1)
+
+
+def descend_from_starts(cfg: Config) -> dict:
+    """Clipped and unclipped descents from every :func:`wall_starts` point: per start the first
+    step's length and the final loss, and their median [Q1, Q3] over starts."""
+    starts = wall_starts(cfg)
+    out = {"theta0": np.asarray(starts).tolist()}
+    for name, clip in (("unclipped", False), ("clipped", True)):
+        path, e, _ = jax.device_get(jax.vmap(lambda t, c=clip: descend(t, cfg, c))(starts))
+        per_start = {"first_jump": np.linalg.norm(path[:, 1] - path[:, 0], axis=-1),
+                     "final_loss": np.asarray(e[:, -1])}
+        out[name] = {k: {"per_start": v.tolist(), "spread": training.spread(v)}
+                     for k, v in per_start.items()}
+    return out
+
+
 def run(cfg: Config) -> dict:
     _, _, fine = grid_points(cfg, cfg.stats_grid_size)
     _, line = _line_points(cfg.wall_w, cfg.b_range, cfg.wall_search)
@@ -216,6 +267,7 @@ def run(cfg: Config) -> dict:
         "wall_b_theory": float(wall_b(cfg.wall_w, cfg.x0)),
         "trajectories": paths,
         "bifurcation": {k: np.asarray(v).tolist() for k, v in bif.items()},
+        "starts": descend_from_starts(cfg),
     }
 
 

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from experiments import training
 from experiments.cliff import evaluate, grid_points
 
 if TYPE_CHECKING:
@@ -43,6 +44,9 @@ def figures(metrics: dict, cfg: Config, out_dir):
                                 label=f"GD, clipped at {cfg.clip_threshold:g}")
             plotting.trajectory(ax, traj["unclipped"]["path"], color="tab:red", linestyle="--",
                                 label="GD, unclipped")
+            starts = np.asarray(metrics["starts"]["theta0"])
+            ax.scatter(starts[:, 0], starts[:, 1], s=14, marker="D", facecolors="none",
+                       edgecolors="white", label=f"{len(starts)} random wall starts")
             ax.set_xlim(*cfg.w_range)
             ax.set_ylim(*cfg.b_range)
         start = np.asarray(metrics["wall_theta"])
@@ -109,6 +113,7 @@ def report(metrics: dict, cfg: Config) -> str:
     t = metrics["trajectories"]
     w0, b0 = metrics["wall_theta"]
     sn = metrics["bifurcation"]["saddle_node_b"]
+    st = metrics["starts"]
     return "\n".join([
         f"One unit, x_t = w σ(x_(t-1)) + b, x_0 = {cfg.x0}, T = {cfg.seq_len}, "
         f"E = (σ(x_T) - {cfg.target})^2 (Pascanu, Mikolov, Bengio 2013, §3; Doya 1993).",
@@ -140,4 +145,16 @@ def report(metrics: dict, cfg: Config) -> str:
         f"saddle-node x_t passes its 'ghost' slowly and has not arrived after {cfg.seq_len} "
         "steps, and an x_0 that is exactly the repelling fixed point (x_0 = 0 at b = -2.5) "
         "stays there.",
+        "",
+        f"From {cfg.num_starts} random points on the wall (w uniform, seed {cfg.seed}; b where "
+        f"||∇E|| peaks on {cfg.wall_search} points within ±{cfg.start_window:g} of the closed "
+        f"form), {cfg.gd_steps} steps each, median "
+        "[Q1, Q3] over the starts:",
+        "",
+        "| descent | starts | first step |Δθ| | final E |",
+        "|---|---|---|---|",
+        *(f"| {name} | {st[name]['first_jump']['spread']['n']} | "
+          f"{training.format_spread(st[name]['first_jump']['spread'])} | "
+          f"{training.format_spread(st[name]['final_loss']['spread'])} |"
+          for name in ("unclipped", "clipped")),
     ])

@@ -32,7 +32,9 @@ One run per (multiple, seed): all of them train in one compiled, vmapped program
 traced value of the optimizer). A run has *diverged* when a step had a non-finite loss or
 gradient (such steps are skipped, ``rnn_jax.training.train``) or its test MSE ends above
 ``divergence_factor`` x the baseline 1/6. Final loss: test MSE on ``eval_examples`` fresh
-sequences, median over seeds (a diverged seed would dominate a mean).
+sequences, median and interquartile range over the seeds whose loss is finite
+(``experiments.training.spread``; a diverged seed would dominate a mean), with the number of
+such seeds and of diverged ones beside it; the clipped fraction likewise.
 """
 
 from __future__ import annotations
@@ -262,17 +264,18 @@ def run(cfg: Config) -> dict:
     diverged = (skipped > 0) | ~np.isfinite(test_mse) | (test_mse > bound)
     clipped = np.asarray(hist["clipped"], float)  # [records, M, S]: per-chunk fractions
     lengths = np.diff(np.asarray([0, *hist["step"]], float))  # steps per chunk
-    out = {"final_loss": {}, "final_loss_per_seed": {}, "clip_fraction": {},
-           "clip_fraction_per_seed": {},
+    # final_loss / clip_fraction [k]: medians over seeds; *_spread: median, Q1, Q3, n (finite)
+    out = {"final_loss": {}, "final_loss_spread": {}, "final_loss_per_seed": {},
+           "clip_fraction": {}, "clip_fraction_spread": {}, "clip_fraction_per_seed": {},
            "diverged": {}, "diverged_per_seed": {}, "skipped_steps": {}, "threshold": {},
            "curves": {}}
     for i, m in enumerate(cfg.multiples):
         k = metric_key(m)
-        out["final_loss"][k] = float(np.median(test_mse[i]))
-        out["final_loss_per_seed"][k] = test_mse[i].tolist()
         per_seed = lengths @ clipped[:, i] / lengths.sum()  # [S]
-        out["clip_fraction_per_seed"][k] = per_seed.tolist()
-        out["clip_fraction"][k] = float(np.mean(per_seed))
+        for name, values in (("final_loss", test_mse[i]), ("clip_fraction", per_seed)):
+            out[f"{name}_per_seed"][k] = values.tolist()
+            out[f"{name}_spread"][k] = training.spread(values)
+            out[name][k] = out[f"{name}_spread"][k]["median"]
         out["diverged"][k] = bool(np.any(diverged[i]))
         out["diverged_per_seed"][k] = diverged[i].tolist()
         out["skipped_steps"][k] = skipped[i].tolist()

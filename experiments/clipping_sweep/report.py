@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from experiments import training
 from experiments.clipping_sweep import metric_key
 
 if TYPE_CHECKING:
@@ -21,8 +22,9 @@ def _xpos(multiples) -> np.ndarray:
 
 
 def figures(metrics: dict, cfg: Config, out_dir) -> list:
-    """clipping_sweep.png: test MSE and clipped fraction vs the multiple (log x), per seed;
-    loss_curves.png: training MSE (median over seeds) against steps, one line per multiple."""
+    """clipping_sweep.png: test MSE and clipped fraction vs the multiple (log x), per seed, with
+    the median and interquartile range over seeds; loss_curves.png: training MSE against steps,
+    median over seeds with the interquartile band, one line per multiple."""
     from rnn_jax import plotting
 
     keys = [metric_key(m) for m in cfg.multiples]
@@ -49,6 +51,9 @@ def figures(metrics: dict, cfg: Config, out_dir) -> list:
             ax_loss.scatter(x[rows], np.full(rows.size, top), s=40, marker="^", color="C3",
                             label="seed (non-finite loss)", zorder=3)
         ok = np.isfinite(median)
+        q1, q3 = (np.asarray([metrics["final_loss_spread"][k][q] for k in keys], float)
+                  for q in ("q1", "q3"))
+        ax_loss.fill_between(x[ok], q1[ok], q3[ok], color="C0", alpha=0.2, label="IQR over seeds")
         ax_loss.plot(x[ok], median[ok], color="C0", marker="o", label="median over seeds")
         ax_loss.scatter(x[~ok], np.full((~ok).sum(), top), s=60, marker="o",
                         facecolors="none", edgecolors="C0", zorder=4)
@@ -62,8 +67,11 @@ def figures(metrics: dict, cfg: Config, out_dir) -> list:
         for s in range(frac.shape[1]):
             ax_clip.scatter(x, frac[:, s], s=16, color="C1", alpha=0.6,
                             label="seed" if s == 0 else None, zorder=3)
+        q1, q3 = (np.asarray([metrics["clip_fraction_spread"][k][q] for k in keys], float)
+                  for q in ("q1", "q3"))
+        ax_clip.fill_between(x, q1, q3, color="C1", alpha=0.2, label="IQR over seeds")
         ax_clip.plot(x, [metrics["clip_fraction"][k] for k in keys], color="C1", marker="o",
-                     label="mean over seeds")
+                     label="median over seeds")
         ax_clip.set(xscale="log", xlabel=r"threshold $\tau$ / median $\|g\|$", ylim=(-0.03, 1.03),
                     ylabel="fraction of steps clipped",
                     title=f"median unclipped $\\|g\\|$ = {metrics['median_grad_norm']:.3g}")
@@ -76,15 +84,19 @@ def figures(metrics: dict, cfg: Config, out_dir) -> list:
     fig, ax = plotting.figure(1, 1, width=5.4, height=3.8)
     with plotting.style():
         steps = metrics["curves_step"]
-        curves = {}
+        curves, bands = {}, []
         for k in keys:
             loss = np.asarray(metrics["curves"][k]["loss"], float)  # [S, records]
-            # a chunk without a finite step counts as +inf, so diverged seeds raise the median
-            curves["no clipping" if k == "inf" else f"τ = {k} × median"] = np.median(
-                np.where(np.isfinite(loss), loss, np.inf), axis=0)
+            # a chunk without a finite step counts as +inf, so diverged seeds raise the quartiles
+            q1, med, q3 = np.percentile(np.where(np.isfinite(loss), loss, np.inf), [25, 50, 75],
+                                        axis=0)
+            curves["no clipping" if k == "inf" else f"τ = {k} × median"] = med
+            bands.append((q1, np.where(np.isfinite(q3), q3, np.nan)))  # +inf: no band drawn
         plotting.lines(ax, steps, curves, logy=True, xlabel="step",
-                       ylabel="training MSE (chunk mean, median over seeds)", cmap="viridis",
+                       ylabel="training MSE (chunk mean, median, IQR band)", cmap="viridis",
                        title="training curves (a diverged seed counts as +∞)")
+        for line, (q1, q3) in zip(ax.get_lines(), bands, strict=False):
+            ax.fill_between(steps, q1, q3, color=line.get_color(), alpha=0.15)
         ax.axhline(metrics["baseline"], color="k", ls=":", lw=1)
         paths.append(plotting.save(fig, out_dir / "loss_curves.png"))
     return paths
@@ -105,19 +117,23 @@ def report(metrics: dict, cfg: Config) -> str:
         "up early drags the mean, not the median).",
         "",
         f"Divergence: a non-finite step, or test MSE above {cfg.divergence_factor:g} × 1/6 = "
-        f"{metrics['divergence_bound']:.4g}. Test MSE on {cfg.eval_examples} fresh sequences, "
-        "median over seeds; clip fraction over all steps and seeds.",
+        f"{metrics['divergence_bound']:.4g}. Test MSE on {cfg.eval_examples} fresh sequences "
+        "and the fraction of steps clipped: median [Q1, Q3] over the seeds whose value is "
+        "finite (their number in the 'seeds' column, out of all seeds).",
         "",
-        "| τ / median | τ | test MSE (median) | per seed | clipped | diverged seeds |",
-        "|---|---|---|---|---|---|",
+        "| τ / median | τ | seeds | test MSE median [Q1, Q3] | per seed | clipped median "
+        "[Q1, Q3] | diverged seeds |",
+        "|---|---|---|---|---|---|---|",
     ]
     for m in cfg.multiples:
         k = metric_key(m)
         seeds = ", ".join(f"{v:.3g}" for v in metrics["final_loss_per_seed"][k])
         ndiv = sum(metrics["diverged_per_seed"][k])
         tau = "none" if k == "inf" else f"{metrics['threshold'][k]:.3g}"
-        lines.append(f"| {'∞' if k == 'inf' else k} | {tau} | {metrics['final_loss'][k]:.4g} | "
-                     f"{seeds} | {metrics['clip_fraction'][k]:.3f} | {ndiv}/{cfg.num_seeds} |")
+        loss, frac = metrics["final_loss_spread"][k], metrics["clip_fraction_spread"][k]
+        lines.append(f"| {'∞' if k == 'inf' else k} | {tau} | {loss['n']}/{cfg.num_seeds} | "
+                     f"{training.format_spread(loss)} | {seeds} | "
+                     f"{training.format_spread(frac, '.3f')} | {ndiv}/{cfg.num_seeds} |")
     lines += ["", "Pascanu, Mikolov & Bengio (2013), Sec. 3.2: set τ from the average norm of "
               "unclipped updates; in their experiments training was not very sensitive to τ "
               "and worked even for rather small thresholds (they give no table of τ). "

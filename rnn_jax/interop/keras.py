@@ -12,11 +12,15 @@ Keras keeps ``kernel: [I, G*H]``, ``recurrent_kernel: [H, G*H]`` and ``bias`` pe
                 which is rnn_jax's GRU with
                   W = [K_r | K_z | K_h]   U = [R_r | R_z | R_h]
                   b = [b_i,r + b_r,r | b_i,z + b_r,z | b_i,h]   b_hn = b_r,h
+    GRU (reset_after=False, Cho et al. 2014): one bias row ``[3H]``, computing
+                  hh = tanh(x K_h + (r ⊙ h) R_h + b_h)   (z, r and h' as above)
+                which is rnn_jax's GRUv1 with W = [K_r | K_z | K_h], U = [R_r | R_z | R_h],
+                b = [b_r | b_z | b_h]
 
 Back to Keras the GRU's bias rows are ``[b_z | b_r | b_n]`` and ``[0 | 0 | b_hn]``; as with
 PyTorch, merging the two bias rows is function-equal but not training-equal (Keras trains both
-copies). ``reset_after=False`` (the reset gate applied before the recurrent product) is not
-rnn_jax's GRU: ValueError. ``use_bias=False`` gives zero biases, and needs them zero to go back.
+copies); GRUv1's one bias row maps exactly both ways. ``use_bias=False`` gives zero biases,
+and needs them zero to go back.
 
 Keras is imported only when a function here needs it (the ``keras`` extra); if it is not yet
 imported and ``KERAS_BACKEND`` is unset, the JAX backend is chosen. The weights are read with
@@ -32,7 +36,7 @@ import sys
 import jax
 import numpy as np
 
-from rnn_jax.cells import GRU, LSTM, Elman
+from rnn_jax.cells import GRU, LSTM, Elman, GRUv1
 from rnn_jax.interop.arrays import to_jax, to_numpy
 
 _ACTIVATIONS = {"tanh": "tanh", "relu": "relu", "linear": "identity"}
@@ -56,11 +60,7 @@ def _kind(layer) -> str:
         raise TypeError(f"layer must be a keras.layers.SimpleRNN, LSTM or GRU, got "
                         f"{type(layer).__name__}")
     kind = kinds[type(layer)]
-    if kind == "gru" and not layer.reset_after:
-        raise ValueError("layer has reset_after=False (the reset gate applied before the "
-                         "recurrent product), which rj.GRU does not compute; use "
-                         "reset_after=True (Keras's default)")
-    return kind
+    return "gru_v1" if kind == "gru" and not layer.reset_after else kind
 
 
 def _activation(layer) -> str:
@@ -88,7 +88,8 @@ def from_keras(layer):
     """The rnn_jax cell and params of a built Keras SimpleRNN / LSTM / GRU layer.
 
     Returns:
-      ``(cell, params)``: ``rj.Elman`` / ``rj.LSTM`` / ``rj.GRU`` with ``hidden_size =
+      ``(cell, params)``: ``rj.Elman`` / ``rj.LSTM`` / ``rj.GRU`` (``GRUv1`` for
+      ``reset_after=False``) with ``hidden_size =
       layer.units`` and the layer's weights (see the module doc), in their dtype. Run with
       ``rj.rnn(cell, params, xs)``: Keras's ``return_sequences`` outputs on real steps and its
       final state, for any mask that is True on a prefix of each sequence.
@@ -103,7 +104,10 @@ def from_keras(layer):
     h = layer.units
     bias = weights[2] if layer.use_bias else np.zeros((2, 3 * h) if kind == "gru"
                                                       else k.shape[1], k.dtype)
-    if kind == "gru":
+    if kind == "gru_v1":
+        p = _perm(h)
+        params = {"W": k[:, p], "U": r[:, p], "b": bias[p]}
+    elif kind == "gru":
         p = _perm(h)
         params = {"W": k[:, p], "U": r[:, p],
                   "b": np.concatenate([bias[0, p[:2 * h]] + bias[1, p[:2 * h]], bias[0, 2 * h:]]),
@@ -114,7 +118,10 @@ def from_keras(layer):
     dtype = params["W"].dtype
     if kind == "simple":
         return Elman(h, activation=activation, param_dtype=dtype), params
-    return (LSTM(h, param_dtype=dtype) if kind == "lstm" else GRU(h, param_dtype=dtype)), params
+    return _CELLS[kind](h, param_dtype=dtype), params
+
+
+_CELLS = {"simple": Elman, "lstm": LSTM, "gru": GRU, "gru_v1": GRUv1}
 
 
 def to_keras(cell, params, layer):
@@ -129,7 +136,7 @@ def to_keras(cell, params, layer):
     """
     kind = _kind(layer)
     activation = _activation(layer)
-    want = {"simple": Elman, "lstm": LSTM, "gru": GRU}[kind]
+    want = _CELLS[kind]
     if type(cell) is not want or (kind == "simple" and cell.activation != activation):
         raise ValueError(f"cell {cell!r} does not match the {type(layer).__name__} layer "
                          f"(expected rj.{want.__name__}"
@@ -143,6 +150,9 @@ def to_keras(cell, params, layer):
         b_hn = to_numpy(params["b_hn"])
         bias = np.stack([b[p], np.concatenate([np.zeros(2 * h, b.dtype), b_hn])])
         w, u = w[:, p], u[:, p]
+    elif kind == "gru_v1":
+        p = _perm(h)
+        w, u, bias = w[:, p], u[:, p], b[p]
     else:
         bias = b
     if not layer.use_bias and np.any(bias):

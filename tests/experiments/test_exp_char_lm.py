@@ -37,7 +37,16 @@ def test_smoke_scores_every_model_samples_text_and_resumes_exactly(tmp_path, cap
     assert 0 < m["unigram_bpc"] < m["uniform_bpc"]
     for name in cfg["models"]:
         assert 0 < m["test_bpc"][name] < 2 * m["uniform_bpc"]
+        for key in ("test_bpc", "final_train_bpc", "clip_fraction"):
+            values = m[f"{key}_per_seed"][name]
+            assert len(values) == cfg["num_seeds"] == 2
+            q1, med, q3 = np.percentile(values, [25, 50, 75])
+            assert m[f"{key}_spread"][name] == pytest.approx(
+                {"median": med, "q1": q1, "q3": q3, "n": 2})
+            assert m[key][name] == pytest.approx(med)
+        assert m["test_bpc_per_seed"][name][0] != m["test_bpc_per_seed"][name][1]  # two models
         curves = m["curves"][name]
+        assert np.shape(curves["val_loss"]) == (len(curves["step"]), cfg["num_seeds"])
         assert curves["step"] == [cfg["log_every"] * (i + 1) for i in range(len(curves["step"]))]
         assert curves["step"][-1] == cfg["num_steps"]
         assert len(m["samples"][name]) == cfg["sample_length"]
@@ -48,6 +57,8 @@ def test_smoke_scores_every_model_samples_text_and_resumes_exactly(tmp_path, cap
     assert (out / "bpc_curves.png").read_bytes()[:4] == b"\x89PNG"
     report = (out / "report.md").read_text()
     assert "unigram" in report and m["samples"][m["best_model"]].strip() in report
+    test = m["test_bpc_spread"][cfg["models"][0]]
+    assert f"| 2 | {test['median']:.3f} [{test['q1']:.3f}, {test['q3']:.3f}] |" in report
 
     # interrupt after the checkpoint at 4 of every model, then run again from the directory
     for model_dir in ckpt.iterdir():
@@ -59,7 +70,7 @@ def test_smoke_scores_every_model_samples_text_and_resumes_exactly(tmp_path, cap
 
 def test_chunk_walks_the_streams_and_restarts_carries_each_epoch():
     # Oracle: a loop of TBPTT updates over windows n = u mod count, zero carries at n = 0.
-    # Smoke shapes (the smoke run's compiled chunk is reused), started one window before the
+    # Smoke shapes (one seed: the run vmaps this chunk over seeds), started one window before the
     # end of an epoch so that the chunk crosses into the next one. LSTM: a tuple carry.
     cfg = harness.make_config(char_lm, {}, smoke=True)
     task = char_lm.make_task(cfg)

@@ -9,7 +9,7 @@ import json  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from experiments import harness  # noqa: E402
+from experiments import harness, training  # noqa: E402
 
 pytest.importorskip("matplotlib")
 
@@ -33,7 +33,27 @@ def test_smoke_run_writes_results_and_shows_the_cliff(tmp_path):
     assert np.ptp(x_final[outside], axis=1).max() < 1e-3
     for name in ("cliff_surface.png", "bifurcation.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
-    assert "clipped" in (out / "report.md").read_text()
+    starts = m["starts"]
+    assert np.shape(starts["theta0"]) == (cfg["num_starts"], 2)
+    w0 = np.asarray(starts["theta0"])
+    # every start sits on the wall b = x_0 - w sigma(x_0) (to the line's resolution)
+    wall = cfg["x0"] - w0[:, 0] / (1 + np.exp(-cfg["x0"]))
+    assert np.abs(w0[:, 1] - wall).max() < 0.01
+    for name in ("unclipped", "clipped"):
+        for key in ("first_jump", "final_loss"):
+            values = starts[name][key]["per_start"]
+            assert len(values) == cfg["num_starts"]
+            q1, med, q3 = np.percentile(values, [25, 50, 75])
+            assert starts[name][key]["spread"] == pytest.approx(
+                {"median": med, "q1": q1, "q3": q3, "n": cfg["num_starts"]})
+    clipped = np.asarray(starts["clipped"]["first_jump"]["per_start"])
+    assert clipped.max() <= cfg["learning_rate"] * cfg["clip_threshold"] * (1 + 1e-5)
+    # the paper's point holds from every wall start, not only the one at w = wall_w
+    assert min(starts["unclipped"]["first_jump"]["per_start"]) > 5 * clipped.max()
+    report = (out / "report.md").read_text()
+    assert "clipped" in report
+    s = starts["clipped"]["first_jump"]["spread"]
+    assert f"| clipped | {cfg['num_starts']} | {training.format_spread(s)} |" in report
 
 
 def test_model_is_the_papers_recurrence():

@@ -45,7 +45,14 @@ def test_smoke_writes_one_result_per_multiple_and_resumes_exactly(tmp_path):
     for k in keys:
         per_seed = m["final_loss_per_seed"][k]
         assert len(per_seed) == cfg["num_seeds"]
-        assert m["final_loss"][k] == pytest.approx(float(np.median(per_seed)))
+        for name in ("final_loss", "clip_fraction"):
+            values = np.asarray(m[f"{name}_per_seed"][k], float)
+            assert values.shape == (cfg["num_seeds"],)
+            finite = values[np.isfinite(values)]
+            q1, med, q3 = np.percentile(finite, [25, 50, 75])
+            assert m[f"{name}_spread"][k] == pytest.approx(
+                {"median": med, "q1": q1, "q3": q3, "n": finite.size})
+            assert m[name][k] == pytest.approx(med)
         bound = cfg["divergence_factor"] / 6
         assert m["diverged"][k] == any(
             s > 0 or not math.isfinite(v) or v > bound
@@ -54,7 +61,10 @@ def test_smoke_writes_one_result_per_multiple_and_resumes_exactly(tmp_path):
     out = tmp_path / "a" / "clipping_sweep"
     for png in ("clipping_sweep.png", "loss_curves.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
-    assert "median ||g||" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "median ||g||" in report and "test MSE median [Q1, Q3]" in report
+    inf = m["final_loss_spread"]["inf"]
+    assert f"| {inf['n']}/{cfg['num_seeds']} | {inf['median']:.4g} [{inf['q1']:.4g}, " in report
 
     # interrupt after the checkpoint at 6, run again from the same directory: same numbers
     assert checkpoint.all_steps(ckpt) == [6, 10]

@@ -26,9 +26,19 @@ def test_smoke_writes_test_accuracy_per_model(tmp_path):
         assert len(per_seed) == cfg["num_seeds"]
         # accuracies over 1000 test sequences are multiples of 1/1000
         assert np.allclose(np.asarray(per_seed) * 1000, np.round(np.asarray(per_seed) * 1000))
-        assert m["test_accuracy"][name] == pytest.approx(np.mean(per_seed))
+        for key in ("test_accuracy", "best_test_accuracy"):
+            values = m[f"{key}_per_seed"][name]
+            q1, med, q3 = np.percentile(values, [25, 50, 75])
+            assert m[f"{key}_spread"][name] == pytest.approx(
+                {"median": med, "q1": q1, "q3": q3, "n": cfg["num_seeds"]})
+            assert m[key][name] == pytest.approx(med)
+        best = np.max(m["curves"][name]["test_accuracy"], axis=1)  # [S] over records
+        assert m["best_test_accuracy_per_seed"][name] == pytest.approx(best.tolist())
     assert (out / "accuracy_curves.png").read_bytes()[:4] == b"\x89PNG"
-    assert "91 %" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "91 %" in report and "median [Q1, Q3]" in report
+    spread = m["test_accuracy_spread"][cfg["models"][0]]
+    assert f"| {cfg['num_seeds']} | {spread['median']:.3f} [{spread['q1']:.3f}, " in report
 
 
 def test_logistic_is_a_linear_map_of_the_flattened_sequence():

@@ -35,6 +35,7 @@ LAYERS = {
     "lstm": lambda **kw: keras.layers.LSTM(H, **kw),
     "gru": lambda **kw: keras.layers.GRU(H, **kw),
     "gru_no_bias": lambda **kw: keras.layers.GRU(H, use_bias=False, **kw),
+    "gru_v1": lambda **kw: keras.layers.GRU(H, reset_after=False, **kw),  # -> rj.GRUv1
 }
 
 
@@ -97,7 +98,7 @@ def _check(name, dtype, tol):
     # rnn_jax's gradients in Keras's layout (a bias-free layer has no bias to compare)
     holder = LAYERS[name.replace("_no_bias", "")](dtype=dtype)
     mapped = rj_keras.to_keras(cell, grads, holder).get_weights()
-    if name.startswith("gru"):  # Keras trains both bias rows: on z and r they get the same grad
+    if name in ("gru", "gru_no_bias"):  # Keras trains both bias rows: z, r get the same grad
         mapped[2][1, :2 * H] = mapped[2][0, :2 * H]
     for g, k in zip(mapped, k_grads, strict=False):
         np.testing.assert_allclose(g, k, **tol)
@@ -109,13 +110,13 @@ def test_from_keras_matches_keras_float32(name):
     _check(name, np.float32, TOL32)
 
 
-@pytest.mark.parametrize("name", ["lstm", "gru"])
+@pytest.mark.parametrize("name", ["lstm", "gru", "gru_v1"])
 def test_from_keras_matches_keras_float64(name):
     with jax.enable_x64(True):
         _check(name, np.float64, TOL64)
 
 
-@pytest.mark.parametrize("name", ["simple_tanh", "lstm", "gru"])
+@pytest.mark.parametrize("name", ["simple_tanh", "lstm", "gru", "gru_v1"])
 def test_to_keras_and_round_trips(name):
     layer = _layer(name, 2)
     cell, params = rj_keras.from_keras(layer)
@@ -152,9 +153,17 @@ def test_a_layer_trained_in_keras_gives_the_same_outputs():
     np.testing.assert_allclose(rj.rnn(cell, params, xs)[0], want, **TOL32)
 
 
+def test_reset_after_false_is_gru_v1_and_the_two_grus_do_not_mix():
+    cell, params = rj_keras.from_keras(_layer("gru_v1", 7))
+    assert cell == rj.GRUv1(H) and set(params) == {"W", "U", "b"}
+    with pytest.raises(ValueError, match="GRUv1"):
+        rj_keras.to_keras(rj.GRU(H), rj.GRU(H).init(jax.random.key(0), I),
+                          keras.layers.GRU(H, reset_after=False))
+    with pytest.raises(ValueError, match="rj.GRU"):
+        rj_keras.to_keras(cell, params, keras.layers.GRU(H))
+
+
 def test_unrepresentable_layers_and_bad_input_raise():
-    with pytest.raises(ValueError, match="reset_after=False"):
-        rj_keras.from_keras(keras.layers.GRU(H, reset_after=False))
     with pytest.raises(ValueError, match="recurrent_activation"):
         rj_keras.from_keras(keras.layers.LSTM(H, recurrent_activation="hard_sigmoid"))
     with pytest.raises(ValueError, match="not built"):
