@@ -67,6 +67,17 @@ def check_models(models, allowed) -> None:
         raise ValueError(f"models must be distinct names from {tuple(allowed)}, got {models!r}")
 
 
+def with_registry(own) -> tuple[str, ...]:
+    """An experiment's own model names, then every other cell ``rj.get_cell`` knows.
+
+    So every experiment's ``--models`` takes any registered cell (built by ``get_cell`` with
+    the cell's own default initialisation) besides the experiment's named variants.
+    """
+    from rnn_jax.cells import CELLS
+
+    return tuple(own) + tuple(n for n in CELLS if n not in own)
+
+
 def check_positive(cfg, names) -> None:
     """Each field of ``cfg`` named in ``names`` must be >= 1."""
     for name in names:

@@ -29,7 +29,7 @@ import numpy as np
 
 from experiments import harness, training
 from rnn_jax import plotting
-from rnn_jax.cells import GRU, LSTM, Elman, initializers, lead, torch_like
+from rnn_jax.cells import GRU, LSTM, Elman, get_cell, initializers, lead, torch_like
 from rnn_jax.model import SequenceModel
 from rnn_jax.tasks import mnist1d_task
 from rnn_jax.training.train import OptimizerConfig
@@ -82,7 +82,7 @@ class Config:
     checkpoint_every: int = 1000
 
     def __post_init__(self):
-        harness.check_models(self.models, MODELS)
+        harness.check_models(self.models, harness.with_registry(MODELS))
         harness.check_positive(self, ("hidden_size", "num_seeds", "batch_size"))
         self.optimizer_config()  # validates the learning rate
         training.check_schedule(self.num_steps, self.log_every, self.checkpoint_every)
@@ -96,12 +96,14 @@ SMOKE = dict(models=("logistic", "bigru"), hidden_size=2, num_seeds=2, num_steps
 
 
 def make_model(name: str, hidden_size: int, seq_len: int, num_classes: int):
-    """Model ``name`` of the ladder (see the module docstring), PyTorch-initialised cells."""
+    """Model ``name`` of the ladder (see the module docstring), PyTorch-initialised cells; any
+    other registered cell (``rj.get_cell``) with its own default initialisation."""
     if name == "logistic":
         return Logistic(seq_len, num_classes)
-    cell = {"tanh": Elman, "lstm": LSTM, "gru": GRU, "bigru": GRU}[name]
-    return SequenceModel(torch_like(cell, hidden_size), num_classes, readout="flatten",
-                         seq_len=seq_len, bidirectional=name == "bigru")
+    own = {"tanh": Elman, "lstm": LSTM, "gru": GRU, "bigru": GRU}
+    cell = torch_like(own[name], hidden_size) if name in own else get_cell(name, hidden_size)
+    return SequenceModel(cell, num_classes, readout="flatten", seq_len=seq_len,
+                         bidirectional=name == "bigru")
 
 
 def run(cfg: Config) -> dict:

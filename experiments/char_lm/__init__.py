@@ -53,7 +53,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments import harness, training
-from rnn_jax.cells import GRU, LSTM, Elman
+from rnn_jax.cells import GRU, LSTM, Elman, get_cell
 from rnn_jax.model import SequenceModel
 from rnn_jax.tasks import shakespeare_task, shakespeare_works, streams
 from rnn_jax.training import checkpoint, generate, tbptt, train
@@ -90,7 +90,7 @@ class Config:
     checkpoint_every: int = 500
 
     def __post_init__(self):
-        harness.check_models(self.models, MODELS)
+        harness.check_models(self.models, harness.with_registry(MODELS))
         if self.edition not in EDITIONS:
             raise ValueError(f"edition must be one of {EDITIONS}, got {self.edition!r}")
         for name in ("hidden_size", "embed_size", "window", "batch_size", "num_steps",
@@ -140,9 +140,10 @@ def make_model(name: str, cfg: Config, vocab_size: int) -> SequenceModel:
     """One recurrent layer of ``hidden_size`` units between an embedding and a softmax readout.
 
     The library's default initialisation: orthogonal U blocks, Glorot W, zero biases (LSTM:
-    forget-gate bias 1).
+    forget-gate bias 1); any other registered cell (``rj.get_cell``) with its own.
     """
-    cell = {"tanh": Elman, "lstm": LSTM, "gru": GRU}[name](cfg.hidden_size)
+    own = {"tanh": Elman, "lstm": LSTM, "gru": GRU}
+    cell = own[name](cfg.hidden_size) if name in own else get_cell(name, cfg.hidden_size)
     return SequenceModel(cell, vocab_size, vocab_size=vocab_size, embed_size=cfg.embed_size)
 
 
@@ -153,7 +154,7 @@ def count_params(params) -> int:
 
 def seed_keys(cfg: Config, name: str):
     """One key per seed of model ``name``: ``split(fold_in(key(seed), model index), S)``."""
-    key = jax.random.fold_in(jax.random.key(cfg.seed), MODELS.index(name))
+    key = jax.random.fold_in(jax.random.key(cfg.seed), harness.with_registry(MODELS).index(name))
     return jax.random.split(key, cfg.num_seeds)
 
 
