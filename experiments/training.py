@@ -287,3 +287,12 @@ def spread(values) -> dict:
 def format_spread(s: dict, fmt: str = ".4g") -> str:
     """``median [Q1, Q3]`` as text (``nan`` when no seed finished)."""
     return f"{s['median']:{fmt}} [{s['q1']:{fmt}}, {s['q3']:{fmt}}]"
+
+
+def trend(per_seed_curve) -> float:
+    """Whether a curve was still falling at the end: the median over seeds, averaged over its
+    last tenth of records, divided by its average over the tenth that ends at three quarters
+    (< 1: still falling; ~1: flat). Shapes: per_seed_curve [S][records] -> float."""
+    med = np.nanmedian(np.asarray(per_seed_curve, dtype=float), axis=0)
+    k, q = max(len(med) // 10, 1), max(3 * len(med) // 4, 1)
+    return float(np.nanmean(med[-k:]) / np.nanmean(med[max(q - k, 0):q]))
