@@ -154,14 +154,15 @@ def report(metrics: dict, cfg: Config) -> str:
              f"{cfg.num_steps} {cfg.optimizer} steps of batch {cfg.batch_size} (lr "
              f"{cfg.learning_rate}, global-norm clipping at {cfg.clip_threshold}), "
              f"H = {cfg.hidden_size}; memoryless baseline 10 ln 8 / (T + 20) = {base:.4f}. "
-             "Trend: the median training curve's last tenth over its value at three quarters "
-             "of the run (< 1: still falling).", "",
-             "| model | test CE | n | median CE / baseline | copy accuracy | trend |",
-             "|---|---|---|---|---|---|"]
+             "Reading: the median over its baseline and the trend of the median training curve "
+             "(its last tenth over its value at three quarters of the run; < 1: still "
+             "falling).", "",
+             "| model | test CE | n | copy accuracy | reading |", "|---|---|---|---|---|"]
     for name in cfg.models:
         ce, acc = metrics["test_ce"][name], metrics["test_copy_accuracy"][name]
-        lines.append(f"| {name} | {fmt(ce)} | {ce['n']} | {ce['median'] / base:.3g} | "
-                     f"{fmt(acc, '.3f')} | {training.trend(metrics['curves'][name]['loss']):.2f} |")
+        read = training.reading(ce["median"] / base,
+                                training.trend(metrics["curves"][name]["loss"]))
+        lines.append(f"| {name} | {fmt(ce)} | {ce['n']} | {fmt(acc, '.3f')} | {read} |")
     ratio = {name: metrics["test_ce"][name]["median"] / base for name in cfg.models}
     below = [name for name in cfg.models if ratio[name] < 0.5] or ["none"]
     at = [name for name in cfg.models if ratio[name] >= 0.95] or ["none"]
@@ -173,4 +174,9 @@ def report(metrics: dict, cfg: Config) -> str:
               "baseline.", "",
               f"Here (median over seeds): below half of the baseline: {', '.join(below)}; still "
               f"at the baseline (>= 0.95 of it): {', '.join(at)}."]
+    if "lstm" in ratio:
+        lines += ["", "LSTM at this delay: " + (
+            "below half of the baseline: it leaves the plateau within this budget."
+            if ratio["lstm"] < 0.5 else
+            "not below half of the baseline: not reproduced within this budget.")]
     return "\n".join(lines)

@@ -32,6 +32,7 @@ def test_smoke_writes_test_mse_spread_per_model(tmp_path):
     assert (out / "loss_curves.png").read_bytes()[:4] == b"\x89PNG"
     report = (out / "report.md").read_text()
     assert "1/6" in report and "median [Q1, Q3]" in report
+    assert all(f"T = {t}: " in report for t in cfg["seq_lens"])  # the verdict per length
     # the table shows each model's spread as the shared formatter writes it
     for name in cfg["models"]:
         for t in cfg["seq_lens"]:
@@ -42,6 +43,10 @@ def test_trend_is_below_one_for_a_falling_curve_and_one_for_a_flat_one():
     falling = [np.linspace(1.0, 0.1, 40).tolist()] * 3
     assert training.trend(falling) < 0.5
     assert training.trend([[0.2] * 40, [0.3] * 40, [0.25] * 40]) == pytest.approx(1.0)
+    assert training.reading(0.1, 1.0).startswith("learnt")
+    assert "still falling" in training.reading(0.9, 0.5)
+    assert "plateau" in training.reading(1.0, 1.0)
+    assert "diverged" in training.reading(float("nan"), 1.0)
 
 
 def test_unknown_model_is_refused_before_running():

@@ -38,7 +38,7 @@ def test_smoke_writes_test_ce_per_model(tmp_path):
             assert summary == pytest.approx({"median": med, "q1": q1, "q3": q3,
                                              "n": cfg["num_seeds"]})
         assert training.format_spread(m["test_ce"][name]) in report
-    assert "median [Q1, Q3]" in report
+    assert "median [Q1, Q3]" in report and "LSTM at this delay" in report
     assert (out / "loss_curves.png").read_bytes()[:4] == b"\x89PNG"
 
 

@@ -49,6 +49,7 @@ def test_smoke_writes_results_and_resumes_exactly(tmp_path, monkeypatch):
     assert (out / f"dynamics_T{t}.png").read_bytes()[:4] == b"\x89PNG"
     report = (out / "report.md").read_text()
     assert "no clip" in report and "median [Q1, Q3]" in report
+    assert f"T = {t}: with clipping" in report  # the verdict
     assert training.format_spread(m["test_error_spread"]["clip"][str(t)], ".3f") in report
 
     # interrupt: drop every checkpoint after the first, then run again from the same directory
