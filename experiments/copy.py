@@ -19,7 +19,8 @@ iterations; to see learning within a CPU budget of a few thousand steps this exp
 (learning rate 3e-3, batch 64) with global-norm clipping at 1 by default (``--optimizer rmsprop
 --learning_rate 1e-3 --batch_size 20`` gives the paper's optimizer). All models have the same
 hidden size (the paper matched parameter counts instead). The test cross-entropy is measured on
-``eval_examples`` fresh sequences.
+``eval_examples`` fresh sequences and reported over seeds as median [Q1, Q3]
+(``training.spread``), with the per-seed values kept in results.json.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ class Config:
     copy_len: int = 10  # symbols per sequence to remember
     models: tuple[str, ...] = MODELS
     hidden_size: int = 64
-    num_seeds: int = 1
+    num_seeds: int = 3
     batch_size: int = 64
     optimizer: str = "adam"
     learning_rate: float = 3e-3
@@ -81,7 +82,7 @@ class Config:
 
 
 SMOKE = dict(delay=5, copy_len=3, models=("tanh", "lstm", "lstm_chrono"), hidden_size=8,
-             num_seeds=2, batch_size=8, num_steps=10, log_every=5, checkpoint_every=5,
+             num_seeds=3, batch_size=8, num_steps=10, log_every=5, checkpoint_every=5,
              eval_examples=64, eval_batch_size=64)
 
 
@@ -104,7 +105,8 @@ def run(cfg: Config) -> dict:
     task = cfg.task()
     batches = training.fresh_batches(task, training.eval_key(cfg.seed), cfg.eval_examples,
                                      cfg.eval_batch_size)
-    out = {"test_ce": {}, "test_ce_per_seed": {}, "test_copy_accuracy": {}, "curves": {}}
+    out = {"test_ce": {}, "test_ce_per_seed": {}, "test_copy_accuracy": {},
+           "test_copy_accuracy_per_seed": {}, "curves": {}}
     for name in cfg.models:
         cell = make_cell(name, cfg.hidden_size, task.seq_len)
         model = SequenceModel(cell, task.output_size, readout="all",
@@ -116,8 +118,9 @@ def run(cfg: Config) -> dict:
             checkpoint_every=cfg.checkpoint_every)
         ev = training.evaluate(model, task, state.params, batches)
         out["test_ce_per_seed"][name] = ev["loss"].tolist()
-        out["test_ce"][name] = float(np.mean(ev["loss"]))
-        out["test_copy_accuracy"][name] = ev["copy_accuracy"].tolist()
+        out["test_ce"][name] = training.spread(ev["loss"])
+        out["test_copy_accuracy_per_seed"][name] = ev["copy_accuracy"].tolist()
+        out["test_copy_accuracy"][name] = training.spread(ev["copy_accuracy"])
         out["curves"][name] = {"step": hist["step"], "loss": training.per_seed(hist, "loss"),
                                "grad_norm": training.per_seed(hist, "grad_norm"),
                                "clipped": training.per_seed(hist, "clipped")}
@@ -126,39 +129,54 @@ def run(cfg: Config) -> dict:
 
 
 def figures(metrics: dict, cfg: Config, out_dir) -> list:
-    """loss_curves.png: training cross-entropy per model against steps, baseline dotted."""
+    """loss_curves.png: training cross-entropy per model against steps (median over seeds with
+    the interquartile band), baseline dotted."""
     fig, ax = plotting.figure(width=6.0, height=4.0)
     with plotting.style():
         for i, name in enumerate(cfg.models):
             curves = metrics["curves"][name]
-            for s, ys in enumerate(curves["loss"]):
-                ax.plot(curves["step"], ys, color=f"C{i}", lw=1, label=name if s == 0 else None)
+            q1, med, q3 = np.nanpercentile(np.asarray(curves["loss"], float), [25, 50, 75], axis=0)
+            ax.plot(curves["step"], med, color=f"C{i}", lw=1.2, label=name)
+            ax.fill_between(curves["step"], q1, q3, color=f"C{i}", alpha=0.2)
         ax.axhline(metrics["baseline"], color="k", ls=":", lw=1.2, label="memoryless baseline")
-        ax.set(yscale="log", xlabel="step", ylabel="training cross-entropy (chunk mean)",
+        ax.set(yscale="log", xlabel="step", ylabel="training cross-entropy (median, IQR band)",
                title=f"copy memory, delay T = {cfg.delay}, H = {cfg.hidden_size}")
         ax.legend()
     return [plotting.save(fig, out_dir / "loss_curves.png")]
 
 
 def report(metrics: dict, cfg: Config) -> str:
-    """Test cross-entropy per model beside Arjovsky et al.'s qualitative result."""
+    """Test cross-entropy per model (median [Q1, Q3] over seeds) beside Arjovsky et al.'s."""
     base = metrics["baseline"]
-    lines = [f"Test cross-entropy per step on {cfg.eval_examples} fresh sequences (mean over "
-             f"{cfg.num_seeds} seed(s)); delay T = {cfg.delay}, {cfg.num_steps} "
-             f"{cfg.optimizer} steps of batch {cfg.batch_size}, H = {cfg.hidden_size}; "
-             f"memoryless baseline {base:.4f}.", "",
-             "| model | test CE | CE / baseline | copy accuracy |", "|---|---|---|---|"]
+    fmt = training.format_spread
+    lines = [f"Test cross-entropy per step on {cfg.eval_examples} fresh sequences, median "
+             f"[Q1, Q3] over {cfg.num_seeds} seeds (n = finite seeds); delay T = {cfg.delay}, "
+             f"{cfg.num_steps} {cfg.optimizer} steps of batch {cfg.batch_size} (lr "
+             f"{cfg.learning_rate}, global-norm clipping at {cfg.clip_threshold}), "
+             f"H = {cfg.hidden_size}; memoryless baseline 10 ln 8 / (T + 20) = {base:.4f}. "
+             "Reading: the median over its baseline and the trend of the median training curve "
+             "(its last tenth over its value at three quarters of the run; < 1: still "
+             "falling).", "",
+             "| model | test CE | n | copy accuracy | reading |", "|---|---|---|---|---|"]
     for name in cfg.models:
-        ce = metrics["test_ce"][name]
-        acc = float(np.mean(metrics["test_copy_accuracy"][name]))
-        lines.append(f"| {name} | {ce:.4f} | {ce / base:.2f} | {acc:.3f} |")
-    ratio = {name: metrics["test_ce"][name] / base for name in cfg.models}
+        ce, acc = metrics["test_ce"][name], metrics["test_copy_accuracy"][name]
+        read = training.reading(ce["median"] / base,
+                                training.trend(metrics["curves"][name]["loss"]))
+        lines.append(f"| {name} | {fmt(ce)} | {ce['n']} | {fmt(acc, '.3f')} | {read} |")
+    ratio = {name: metrics["test_ce"][name]["median"] / base for name in cfg.models}
     below = [name for name in cfg.models if ratio[name] < 0.5] or ["none"]
     at = [name for name in cfg.models if ratio[name] >= 0.95] or ["none"]
-    lines += ["", "Reference (Arjovsky et al. 2016, and the issue's target): at T = 100 the tanh "
-              "RNN stays at the baseline while LSTM and GRU go below half of it.", "",
-              f"Here: below half of the baseline: {', '.join(below)}; still at the baseline "
-              f"(>= 0.95 of it): {', '.join(at)}. The paper's runs are far longer than this "
-              "CPU budget; a plain LSTM sits on the baseline plateau for thousands of steps, and "
-              "the chrono initialisation shortens that plateau (``lstm_chrono``)."]
+    lines += ["", "Arjovsky et al. (2016), qualitatively (their Figure 1, recalled, not exact "
+              "numbers): copy memory at T = 100, 200, 300 and 500 with RMSProp (lr 1e-3, decay "
+              "0.9), batch 20 and parameter-matched models; the uRNN goes below the memoryless "
+              "baseline at every T, while the LSTM and the tanh RNN stay at (or very near) the "
+              "baseline for the long delays. The issue's target for T = 100: the LSTM leaves the "
+              "baseline.", "",
+              f"Here (median over seeds): below half of the baseline: {', '.join(below)}; still "
+              f"at the baseline (>= 0.95 of it): {', '.join(at)}."]
+    if "lstm" in ratio:
+        lines += ["", "LSTM at this delay: " + (
+            "below half of the baseline: it leaves the plateau within this budget."
+            if ratio["lstm"] < 0.5 else
+            "not below half of the baseline: not reproduced within this budget.")]
     return "\n".join(lines)

@@ -373,3 +373,24 @@ def curve_spread(curves) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def format_spread(s: dict, fmt: str = ".4g") -> str:
     """``median [Q1, Q3]`` as text (``nan`` when no seed finished)."""
     return f"{s['median']:{fmt}} [{s['q1']:{fmt}}, {s['q3']:{fmt}}]"
+
+
+def trend(per_seed_curve) -> float:
+    """Whether a curve was still falling at the end: the median over seeds, averaged over its
+    last tenth of records, divided by its average over the tenth that ends at three quarters
+    (< 1: still falling; ~1: flat). Shapes: per_seed_curve [S][records] -> float."""
+    med = np.nanmedian(np.asarray(per_seed_curve, dtype=float), axis=0)
+    k, q = max(len(med) // 10, 1), max(3 * len(med) // 4, 1)
+    return float(np.nanmean(med[-k:]) / np.nanmean(med[max(q - k, 0):q]))
+
+
+def reading(ratio: float, trend_value: float) -> str:
+    """A plain-words reading of a final loss over its baseline and the curve's ``trend``: learnt
+    (ratio < 0.5), still falling (trend < 0.95), or flat at or near the baseline."""
+    if not np.isfinite(ratio):
+        return "diverged (no finite seed)"
+    if ratio < 0.5:
+        return f"learnt ({ratio:.2g} x baseline)"
+    if trend_value < 0.95:
+        return f"{ratio:.2g} x baseline and still falling (trend {trend_value:.2f}): undecided"
+    return f"{ratio:.2g} x baseline and flat (trend {trend_value:.2f}): on the plateau"

@@ -1,4 +1,5 @@
-"""The copy-memory experiment's smoke run, and its module name next to the stdlib's copy."""
+"""The copy-memory experiment's smoke run (per-seed values and their spread), and its module
+name next to the stdlib's copy."""
 
 import jax
 
@@ -11,9 +12,10 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from experiments import harness  # noqa: E402
+from experiments import harness, training  # noqa: E402
 
 pytest.importorskip("matplotlib")
 
@@ -26,9 +28,17 @@ def test_smoke_writes_test_ce_per_model(tmp_path):
     c, k = cfg["copy_len"], cfg["num_symbols"]
     assert m["baseline"] == pytest.approx(c * math.log(k) / (cfg["delay"] + 2 * c))
     assert set(m["test_ce"]) == set(cfg["models"])
+    report = (out / "report.md").read_text()
     for name in cfg["models"]:
-        assert len(m["test_ce_per_seed"][name]) == cfg["num_seeds"]
-        assert all(0 <= a <= 1 for a in m["test_copy_accuracy"][name])
+        ce, acc = m["test_ce_per_seed"][name], m["test_copy_accuracy_per_seed"][name]
+        assert len(ce) == len(acc) == cfg["num_seeds"]
+        assert all(0 <= a <= 1 for a in acc)
+        for summary, values in ((m["test_ce"][name], ce), (m["test_copy_accuracy"][name], acc)):
+            q1, med, q3 = np.percentile(values, [25, 50, 75])
+            assert summary == pytest.approx({"median": med, "q1": q1, "q3": q3,
+                                             "n": cfg["num_seeds"]})
+        assert training.format_spread(m["test_ce"][name]) in report
+    assert "median [Q1, Q3]" in report and "LSTM at this delay" in report
     assert (out / "loss_curves.png").read_bytes()[:4] == b"\x89PNG"
 
 

@@ -32,6 +32,9 @@ def test_smoke_writes_results_and_resumes_exactly(tmp_path, monkeypatch):
         errors = m["test_error"][mode][str(t)]
         assert len(errors) == cfg["num_seeds"]
         assert rate == np.mean(np.asarray(errors) < cfg["success_error"])
+        q1, med, q3 = np.percentile(errors, [25, 50, 75])
+        assert m["test_error_spread"][mode][str(t)] == pytest.approx(
+            {"median": med, "q1": q1, "q3": q3, "n": cfg["num_seeds"]})
         curves = m["curves"][mode][str(t)]
         assert curves["step"] == list(range(cfg["log_every"], cfg["num_steps"] + 1,
                                             cfg["log_every"]))
@@ -44,7 +47,10 @@ def test_smoke_writes_results_and_resumes_exactly(tmp_path, monkeypatch):
     out = tmp_path / "a" / "temporal_order"
     assert (out / "success_rate.png").read_bytes()[:4] == b"\x89PNG"
     assert (out / f"dynamics_T{t}.png").read_bytes()[:4] == b"\x89PNG"
-    assert "no clip" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "no clip" in report and "median [Q1, Q3]" in report
+    assert f"T = {t}: with clipping" in report  # the verdict
+    assert training.format_spread(m["test_error_spread"]["clip"][str(t)], ".3f") in report
 
     # interrupt: drop every checkpoint after the first, then run again from the same directory
     first_ckpt = cfg["checkpoint_every"]
