@@ -30,7 +30,7 @@ import numpy as np
 
 from experiments import harness, training
 from rnn_jax import plotting
-from rnn_jax.cells import GRU, LSTM, Elman, irnn, torch_like
+from rnn_jax.cells import GRU, LSTM, Elman, get_cell, irnn, torch_like
 from rnn_jax.model import SequenceModel
 from rnn_jax.tasks import Adding
 from rnn_jax.training.train import OptimizerConfig
@@ -62,7 +62,7 @@ class Config:
     remat: str = "false"  # "segments": BPTT in O(sqrt(T)) memory (long sequences)
 
     def __post_init__(self):
-        harness.check_models(self.models, MODELS)
+        harness.check_models(self.models, harness.with_registry(MODELS))
         if not self.seq_lens or len(set(self.seq_lens)) != len(self.seq_lens):
             raise ValueError(f"seq_lens must be distinct lengths, got {self.seq_lens!r}")
         for t in self.seq_lens:
@@ -92,7 +92,9 @@ def make_cell(name: str, hidden_size: int):
         return irnn(hidden_size)
     if name == "tanh":
         return torch_like(Elman, hidden_size)
-    return {"lstm": LSTM, "gru": GRU}[name](hidden_size)
+    if name in ("lstm", "gru"):
+        return {"lstm": LSTM, "gru": GRU}[name](hidden_size)
+    return get_cell(name, hidden_size)  # any other registered cell, its own default init
 
 
 def run(cfg: Config) -> dict:

@@ -32,7 +32,7 @@ import numpy as np
 
 from experiments import harness, training
 from rnn_jax import plotting
-from rnn_jax.cells import GRU, LSTM, Elman, irnn, torch_like
+from rnn_jax.cells import GRU, LSTM, Elman, get_cell, irnn, torch_like
 from rnn_jax.model import SequenceModel
 from rnn_jax.tasks import CopyMemory
 from rnn_jax.training.train import OptimizerConfig
@@ -64,7 +64,7 @@ class Config:
     remat: str = "false"  # "segments": BPTT in O(sqrt(T)) memory (long sequences)
 
     def __post_init__(self):
-        harness.check_models(self.models, MODELS)
+        harness.check_models(self.models, harness.with_registry(MODELS))
         self.task()  # validates delay, num_symbols, copy_len
         harness.check_positive(self, ("hidden_size", "num_seeds", "batch_size", "eval_batch_size"))
         self.optimizer_config()  # validates optimizer, learning rate, clip threshold
@@ -96,7 +96,9 @@ def make_cell(name: str, hidden_size: int, seq_len: int = 120):
         return Elman(hidden_size, recurrent_init="orthogonal")
     if name == "identity":
         return irnn(hidden_size)
-    return {"lstm": LSTM, "gru": GRU}[name](hidden_size)
+    if name in ("lstm", "gru"):
+        return {"lstm": LSTM, "gru": GRU}[name](hidden_size)
+    return get_cell(name, hidden_size)  # any other registered cell, its own default init
 
 
 def run(cfg: Config) -> dict:

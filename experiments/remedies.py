@@ -82,7 +82,7 @@ class Config:
     checkpoint_every: int = 500
 
     def __post_init__(self):
-        harness.check_models(self.model_names(), available_models())
+        harness.check_models(self.model_names(), harness.with_registry(available_models()))
         if not (self.copy_lens or self.adding_lens):
             raise ValueError("copy_lens and adding_lens are both empty; expected some lengths")
         for name in ("copy_lens", "adding_lens"):
