@@ -225,8 +225,11 @@ def ranking(results: dict) -> dict:
 
 def figures(metrics: dict, cfg: Config, out_dir) -> list:
     """curves.png: median training loss over seeds with the interquartile band, per problem."""
+    import matplotlib
+
     from rnn_jax import plotting
 
+    colors = matplotlib.colormaps["tab20"]
     problems = list(metrics["problems"])
     fig, axes = plotting.figure(ncols=len(problems), width=4.6, height=3.6)
     axes = np.atleast_1d(axes)
@@ -236,12 +239,13 @@ def figures(metrics: dict, cfg: Config, out_dir) -> list:
             for i, (name, v) in enumerate(r["models"].items()):
                 ys = np.asarray(v["curve"]["loss"], float)  # [S, records]
                 q1, med, q3 = np.nanpercentile(ys, [25, 50, 75], axis=0)
-                ax.plot(v["curve"]["step"], med, color=f"C{i % 10}", lw=1.2, label=name)
-                ax.fill_between(v["curve"]["step"], q1, q3, color=f"C{i % 10}", alpha=0.2)
+                color = colors(i % 20)  # 14+ models: tab20 keeps them apart (C0-C9 repeat)
+                ax.plot(v["curve"]["step"], med, color=color, lw=1.2, label=name)
+                ax.fill_between(v["curve"]["step"], q1, q3, color=color, alpha=0.2)
             ax.axhline(r["baseline"], color="k", ls=":", lw=1, label="baseline")
             ax.set(yscale="log", xlabel="step", title=problem.replace("_T", ", T = "))
         axes[0].set_ylabel("training loss (median, IQR band)")
-        axes[0].legend(loc="lower left", fontsize=7)
+        axes[-1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=7)
     return [plotting.save(fig, out_dir / "curves.png")]
 
 
