@@ -40,3 +40,9 @@ def test_bad_config_raises_before_running():
         harness.make_config(parallel_scan, {"methods": "sequential,newton"})
     with pytest.raises(ValueError, match="repeats"):
         harness.make_config(parallel_scan, {"repeats": "0"})
+
+
+@pytest.mark.parametrize("gain", [0, -1, 5, "x"])
+def test_recurrent_gain_is_checked(gain):
+    with pytest.raises(ValueError, match="recurrent_gain"):
+        harness.make_config(parallel_scan, {"recurrent_gain": gain})
