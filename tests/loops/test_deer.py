@@ -190,3 +190,26 @@ def test_bad_input_raises(kw, err):
         deer.deer_rnn(cell, params, xs, **kw)
     with pytest.raises(ValueError, match="input_size"):
         deer.deer_rnn(cell, params, xs[..., :2])
+
+
+@pytest.mark.parametrize("quasi", [False, True])
+def test_iterations_run_at_highest_precision_under_a_default_context(quasi):
+    """TF32 products stall a float32 Newton solve (H200: 200 iterations at ~3e-4, every T):
+    only the input projection keeps the caller's precision. Checked on the CUDA lowering."""
+    import re
+
+    cell = rj.Elman(8)
+    params = cell.init(jax.random.key(0), 3)
+    xs = jnp.ones((2, 16, 3))
+    method = "quasi_deer" if quasi else "deer"
+
+    def loss(p, x):
+        return jnp.sum(rj.rnn(cell, p, x, method=method)[0])
+
+    for fn in (loss, jax.grad(loss)):
+        with jax.default_matmul_precision("default"):
+            text = jax.jit(fn).trace(params, xs).lower(lowering_platforms=("cuda",)).as_text()
+        precisions = re.findall(r"stablehlo\.dot_general .*precision = \[(\w+), \w+\]", text)
+        solver = [p for p in precisions if p != "DEFAULT"]
+        assert solver and set(solver) == {"HIGHEST"}
+        assert precisions.count("DEFAULT") <= 2  # x W forward (and its transpose in grad)
