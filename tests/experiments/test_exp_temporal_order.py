@@ -61,9 +61,9 @@ def test_smoke_writes_results_and_resumes_exactly(tmp_path, monkeypatch):
     chunks = []
     real_chunk = training._chunk
 
-    def counting_chunk(*args):
-        chunks.append(args[-1])
-        return real_chunk(*args)
+    def counting_chunk(keys, state, model, task, opt_cfg, batch_size, num_steps, *rest):
+        chunks.append(num_steps)
+        return real_chunk(keys, state, model, task, opt_cfg, batch_size, num_steps, *rest)
 
     monkeypatch.setattr(training, "_chunk", counting_chunk)
     second = _metrics(tmp_path, "b", {"checkpoint_dir": str(ckpt)})
