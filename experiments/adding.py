@@ -135,8 +135,7 @@ def figures(metrics: dict, cfg: Config, out_dir) -> list:
         for ax, t in zip(axes, cfg.seq_lens, strict=True):
             for i, name in enumerate(cfg.models):
                 curves = metrics["curves"][name][t]
-                q1, med, q3 = np.nanpercentile(np.asarray(curves["loss"], float), [25, 50, 75],
-                                               axis=0)
+                q1, med, q3 = training.curve_spread(curves["loss"])
                 ax.plot(curves["step"], med, color=f"C{i}", lw=1.2, label=name)
                 ax.fill_between(curves["step"], q1, q3, color=f"C{i}", alpha=0.2)
             ax.axhline(metrics["baseline"], color="k", ls=":", lw=1, label="baseline 1/6")

@@ -28,8 +28,6 @@ from __future__ import annotations
 import dataclasses
 import os
 
-import numpy as np
-
 from experiments import harness, training
 from rnn_jax import plotting
 from rnn_jax.cells import GRU, LSTM, Elman, get_cell, irnn, torch_like
@@ -137,7 +135,7 @@ def figures(metrics: dict, cfg: Config, out_dir) -> list:
     with plotting.style():
         for i, name in enumerate(cfg.models):
             curves = metrics["curves"][name]
-            q1, med, q3 = np.nanpercentile(np.asarray(curves["loss"], float), [25, 50, 75], axis=0)
+            q1, med, q3 = training.curve_spread(curves["loss"])
             ax.plot(curves["step"], med, color=f"C{i}", lw=1.2, label=name)
             ax.fill_between(curves["step"], q1, q3, color=f"C{i}", alpha=0.2)
         ax.axhline(metrics["baseline"], color="k", ls=":", lw=1.2, label="memoryless baseline")

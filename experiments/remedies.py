@@ -237,8 +237,8 @@ def figures(metrics: dict, cfg: Config, out_dir) -> list:
         for ax, problem in zip(axes, problems, strict=True):
             r = metrics["problems"][problem]
             for i, (name, v) in enumerate(r["models"].items()):
-                ys = np.asarray(v["curve"]["loss"], float)  # [S, records]
-                q1, med, q3 = np.nanpercentile(ys, [25, 50, 75], axis=0)
+                ys = v["curve"]["loss"]  # [S][records]
+                q1, med, q3 = training.curve_spread(ys)
                 color = colors(i % 20)  # 14+ models: tab20 keeps them apart (C0-C9 repeat)
                 ax.plot(v["curve"]["step"], med, color=color, lw=1.2, label=name)
                 ax.fill_between(v["curve"]["step"], q1, q3, color=color, alpha=0.2)

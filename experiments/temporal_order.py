@@ -176,8 +176,7 @@ def figures(metrics: dict, cfg: Config, out_dir) -> list:
                 curves = metrics["curves"][mode][t]
                 for row, (name, label, scale) in enumerate(rows):
                     ax = axes[row, col]
-                    q1, med, q3 = np.nanpercentile(np.asarray(curves[name], float),
-                                                   [25, 50, 75], axis=0)
+                    q1, med, q3 = training.curve_spread(curves[name])
                     ax.plot(curves["step"], med, lw=1.2, color="C0",
                             label=f"median of {cfg.num_seeds} seeds")
                     ax.fill_between(curves["step"], q1, q3, color="C0", alpha=0.25,
