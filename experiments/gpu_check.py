@@ -6,7 +6,8 @@ an H200) that writes ``results.json`` and ``report.md``:
 1. Equivalence (``rnn_jax.bench.equivalence``): for Elman, LSTM and GRU, every method of
    ``rj.rnn`` (auto, fused, pallas, cudnn, deer, quasi_deer) against ``method="scan"`` at
    "highest" precision: outputs, final carries and the gradients for params, inputs and the
-   initial carry; at "highest" precision plain, with ragged lengths and reversed; at "default"
+   initial carry; at "highest" precision plain, with ragged lengths, reversed and
+   bidirectional (each direction its own params; Pallas runs both in one launch); at "default"
    precision (TF32 on the GPU) plain.
 2. Timing (``rnn_jax.bench.harness``): the train step (forward + BPTT of mean(h^2)) at
    64x256x128, 16x1024x64 and 64x512x512 (B x T x H, I = H) for our methods against PyTorch
@@ -29,6 +30,7 @@ from rnn_jax.loops import cudnn
 
 # in order of priority: past a point's share of the budget, the later ones are skipped
 TIMED = ("rnn_jax", "torch", "torch:tf32", "rnn_jax:scan", "rnn_jax:fused", "rnn_jax:pallas",
+         "rnn_jax:pallas-streamed",
          "rnn_jax:cudnn", "jax_experimental_rnn", "flax_linen", "rnn_jax:quasi_deer",
          "rnn_jax:auto-highest", "rnn_jax:deer")
 # DEER's dense Jacobians hold B*T*S*S floats (S: the state size, 2H for the LSTM): above this
@@ -45,7 +47,7 @@ class Config:
     cells: tuple[str, ...] = harness.CELLS  # cells to check and time: elman, lstm, gru
     methods: tuple[str, ...] = equivalence.METHODS  # rj.rnn methods checked against method='scan'
     check_size: str = "8x32x64"  # BxTxH of the equivalence checks
-    # settings checked at 'highest' precision (plain, ragged lengths, reversed)
+    # settings checked at 'highest' precision (plain, ragged lengths, reversed, bidirectional)
     options: tuple[str, ...] = equivalence.OPTIONS
     # settings also checked at 'default' precision (TF32 on a GPU)
     default_precision_options: tuple[str, ...] = ("plain",)
@@ -84,8 +86,11 @@ SMOKE = {"cells": ("lstm",), "check_size": "2x5x8", "options": ("reverse",),
 
 def checks(cfg: Config) -> list:
     b, t, h = harness.parse_size(cfg.check_size)
-    runs = [("highest", o) for o in cfg.options]
+    runs = [("highest", o) for o in cfg.options if o != "bidirectional"]
     runs += [("default", o) for o in cfg.default_precision_options]
+    # the bidirectional checks last: past the budget, the one-direction ones at both
+    # precisions have run
+    runs += [("highest", o) for o in cfg.options if o == "bidirectional"]
     # settings outermost: if the budget runs out, every cell and method had the first ones
     return [equivalence.Check(cell, method, precision, option, b, t, h)
             for precision, option in runs for cell in cfg.cells for method in cfg.methods]

@@ -56,6 +56,12 @@ def _select(method, cell, params, *, probes, return_carries, remat, dtype=jnp.fl
         if not pallas.supported(cell, probes=probes) or remat:
             raise ValueError(f"method='pallas' does not support {type(cell).__name__} with "
                              "these options (probes, remat, compute_dtype); use 'auto' or 'scan'")
+        if gpu_fit.targets_gpu() and gpu_fit.pallas_kernel_for(cell, dtype) is None:
+            raise ValueError(
+                f"method='pallas': no kernel for {type(cell).__name__}(hidden_size="
+                f"{cell.hidden_size}) with a {jnp.dtype(dtype).name} state fits "
+                "the GPU (neither U resident nor U streamed a gate block at a time fits its "
+                "shared memory without spills: rnn_jax.loops.gpu_fit); use 'auto' or 'fused'")
         return "pallas"
     if (method == "auto" and not remat and gpu_fit.targets_gpu()
             and pallas.supported(cell, probes=probes)
@@ -82,6 +88,25 @@ def path_of(cell, params, xs, *, method="auto", probes=None, return_carries=Fals
         return {"path": path, "precision": precision_of(dtype, cell.compute_dtype)[0]}
     return {"path": path,
             "precision": f"xla:{jax.config.jax_default_matmul_precision or 'default'}"}
+
+
+def _time_major_inputs(cell, params, xs, carry, lengths, mask, time_major):
+    """``(xs_tm, carry, mask_tm)``: inputs time-major with padding zeroed, the carry checked
+    (or zeros) in the state dtype, the mask ``[T, *batch]`` (None: every step real)."""
+    xs_tm = xs if time_major else jnp.moveaxis(xs, -2, 0)  # [T, *batch, I]
+    num_steps, batch_shape = xs_tm.shape[0], tuple(xs_tm.shape[1:-1])
+    m = mask_from(lengths, mask, batch_shape, num_steps)
+    m_tm = None if m is None else jnp.moveaxis(m, -1, 0)  # [T, *batch]
+    xs_tm = zero_padding(xs_tm, m_tm)  # inert padding: see rnn_jax.cells.validation
+    # float32 at least (bf16 compute accumulates in float32), float64 for float64 inputs or
+    # params: the scan carry must keep the dtype the cell's update produces.
+    carry_dtype = jnp.result_type(jnp.float32, xs.dtype, *jax.tree.leaves(params))
+    if carry is None:
+        carry = cell.initial_carry(batch_shape, carry_dtype)
+    else:
+        check_carry(cell, carry, batch_shape, carry_dtype)
+        carry = jax.tree.map(lambda c: jnp.asarray(c, carry_dtype), carry)
+    return xs_tm, carry, m_tm
 
 
 # -- the runner ------------------------------------------------------------------------------
@@ -163,19 +188,9 @@ def rnn(cell, params, xs, carry=None, *, lengths=None, mask=None, reverse=False,
     path = _select(method, cell, params, probes=probes, return_carries=return_carries,
                    remat=remat, dtype=jnp.result_type(jnp.float32, xs.dtype,
                                                       *jax.tree.leaves(params)))
-    xs_tm = xs if time_major else jnp.moveaxis(xs, -2, 0)  # [T, *batch, I]
+    xs_tm, carry, m_tm = _time_major_inputs(cell, params, xs, carry, lengths, mask, time_major)
     num_steps, batch_shape = xs_tm.shape[0], tuple(xs_tm.shape[1:-1])
-    m = mask_from(lengths, mask, batch_shape, num_steps)
-    m_tm = None if m is None else jnp.moveaxis(m, -1, 0)  # [T, *batch]
-    xs_tm = zero_padding(xs_tm, m_tm)  # inert padding: see rnn_jax.cells.validation
-    # float32 at least (bf16 compute accumulates in float32), float64 for float64 inputs or
-    # params: the scan carry must keep the dtype the cell's update produces.
-    carry_dtype = jnp.result_type(jnp.float32, xs.dtype, *jax.tree.leaves(params))
-    if carry is None:
-        carry = cell.initial_carry(batch_shape, carry_dtype)
-    else:
-        check_carry(cell, carry, batch_shape, carry_dtype)
-        carry = jax.tree.map(lambda c: jnp.asarray(c, carry_dtype), carry)
+    carry_dtype = jnp.result_type(*jax.tree.leaves(carry))
     if probes is not None:
         want = ((num_steps, *batch_shape) if time_major else (*batch_shape, num_steps))
         want = (*want, cell.hidden_size)
@@ -248,6 +263,11 @@ def bidirectional(fwd_cell, bwd_cell, params, xs, carry=None, *, lengths=None, m
     Returns:
       ``(hs, (carry_fwd, carry_bwd))`` (plus ``(carries_fwd, carries_bwd)`` with
       ``return_carries``); ``hs: [*batch, T, 2H]`` for concat, ``[*batch, T, H]`` otherwise.
+
+    Where both directions run on the Pallas kernels (``method="pallas"``, or ``"auto"`` on a
+    GPU) with the same kernel (cell type, H, activation, compute dtype), one launch per pass
+    runs them both (``rnn_jax.loops.pallas.run_bidirectional``); ``method="cudnn"`` makes one
+    bidirectional cuDNN call. The results are the same either way.
     """
     if merge not in MERGES:
         raise ValueError(f"merge={merge!r} is not supported; expected one of {MERGES}")
@@ -261,6 +281,10 @@ def bidirectional(fwd_cell, bwd_cell, params, xs, carry=None, *, lengths=None, m
             and getattr(fwd_cell, "hidden_size", 0) == getattr(bwd_cell, "hidden_size", 1)):
         return _cudnn_bidirectional(fwd_cell, bwd_cell, params, xs, (c_f, c_b), lengths=lengths,
                                     mask=mask, merge=merge, time_major=time_major, remat=remat)
+    if _one_launch(fwd_cell, bwd_cell, params, xs, method, return_carries, remat, time_major):
+        return _pallas_bidirectional(fwd_cell, bwd_cell, params, xs, (c_f, c_b),
+                                     lengths=lengths, mask=mask, merge=merge,
+                                     time_major=time_major, return_carries=return_carries)
     kw = dict(lengths=lengths, mask=mask, time_major=time_major, unroll=unroll,
               return_carries=return_carries, remat=remat, method=method)
     out_f = rnn(fwd_cell, params["fwd"], xs, c_f, **kw)
@@ -269,6 +293,48 @@ def bidirectional(fwd_cell, bwd_cell, params, xs, carry=None, *, lengths=None, m
     if return_carries:
         return hs, (out_f[1], out_b[1]), (out_f[2], out_b[2])
     return hs, (out_f[1], out_b[1])
+
+
+def _one_launch(fwd_cell, bwd_cell, params, xs, method, return_carries, remat,
+                time_major) -> bool:
+    """Whether both directions run on the Pallas kernels with the same kernel, so that one
+    launch per pass runs them both (``pallas.run_bidirectional``); checks both directions'
+    arguments first when they might."""
+    if method not in ("auto", "pallas") or remat:
+        return False
+    if not all(pallas.supported(c) for c in (fwd_cell, bwd_cell)):
+        return False
+    for cell, p in ((fwd_cell, params["fwd"]), (bwd_cell, params["bwd"])):
+        check_cell(cell)
+        check_xs(cell, p, xs, time_major)
+        check_params(cell, p, xs.shape[-1])
+    dtype = jnp.result_type(jnp.float32, xs.dtype, *jax.tree.leaves(params))
+    same = (gpu_fit.key_of(fwd_cell, dtype) == gpu_fit.key_of(bwd_cell, dtype)
+            and fwd_cell.hidden_size == bwd_cell.hidden_size)
+    return same and _select(method, fwd_cell, params["fwd"], probes=None,
+                            return_carries=return_carries, remat=False,
+                            dtype=dtype) == "pallas"
+
+
+def _pallas_bidirectional(fwd_cell, bwd_cell, params, xs, carries, *, lengths, mask, merge,
+                          time_major, return_carries):
+    """Both directions in one Pallas launch per pass, with ``rnn``'s semantics (arguments
+    checked by ``_one_launch``)."""
+    cells, dir_params = (fwd_cell, bwd_cell), (params["fwd"], params["bwd"])
+    prepared = [_time_major_inputs(cell, p, xs, c, lengths, mask, time_major)
+                for cell, p, c in zip(cells, dir_params, carries, strict=True)]
+    (xs_tm, c_f, m_tm), (_, c_b, _) = prepared
+    outs = pallas.run_bidirectional(cells, dir_params, xs_tm, (c_f, c_b), m_tm)
+    lead = xs_tm.ndim - 2  # batch axes
+    if not time_major:
+        outs = [(jnp.moveaxis(hs, 0, -2), final,
+                 jax.tree.map(lambda c: jnp.moveaxis(c, 0, lead), carries))
+                for hs, final, carries in outs]
+    (hs_f, fin_f, all_f), (hs_b, fin_b, all_b) = outs
+    hs = merge_directions(hs_f, hs_b, merge)
+    if return_carries:
+        return hs, (fin_f, fin_b), (all_f, all_b)
+    return hs, (fin_f, fin_b)
 
 
 def _cudnn_bidirectional(fwd_cell, bwd_cell, params, xs, carries, *, lengths, mask, merge,

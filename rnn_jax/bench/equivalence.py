@@ -1,7 +1,9 @@
 """Every time loop against the plain scan: outputs, final carries and gradients, one check each.
 
 One ``Check`` is a cell, a method of ``rj.rnn``, a matmul precision and an option (``plain``;
-``lengths``: ragged lengths including 0, 1 and T; ``reverse``: the same lengths read backwards).
+``lengths``: ragged lengths including 0, 1 and T; ``reverse``: the same lengths read backwards;
+``bidirectional``: ``rj.bidirectional`` with those lengths, each direction its own params and
+initial carry, merged by sum).
 Its train-like function returns, for random cotangents ``r, s``,
 
     L = sum(r * hs) + sum(s * h_T),   hs, carry_T = rj.rnn(cell, params, xs, ...)
@@ -28,7 +30,7 @@ import rnn_jax as rj
 from rnn_jax.bench import harness
 
 METHODS = ("auto", "fused", "pallas", "cudnn", "deer", "quasi_deer")
-OPTIONS = ("plain", "lengths", "reverse")
+OPTIONS = ("plain", "lengths", "reverse", "bidirectional")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,12 +58,22 @@ def _inputs(check: Check, seed: int = 0):
     rng = np.random.default_rng(seed)
     lengths = np.concatenate([[check.T, 0, 1], rng.integers(1, check.T + 1, check.B)])
     lengths = jnp.asarray(lengths[:check.B], jnp.int32)
+    if check.option == "bidirectional":  # the backward direction: params and carry of its own
+        k_p, k_c = jax.random.split(jax.random.fold_in(keys[0], 1))
+        params = {"fwd": params, "bwd": cell.init(k_p, check.H)}
+        carry = (carry, jax.tree.map(lambda c: 0.5 * jax.random.normal(k_c, c.shape, c.dtype),
+                                     cell.initial_carry((check.B,))))
     return cell, params, xs, carry, r, s, lengths
 
 
 @functools.partial(jax.jit, static_argnames=("cell", "method", "option", "precision"))
 def _values(cell, params, xs, carry, r, s, lengths, *, method, option, precision):
     def loss(p, x, c):
+        if option == "bidirectional":
+            hs, final = rj.bidirectional(cell, cell, p, x, c, lengths=lengths, merge="sum",
+                                         method=method)
+            last = sum(jnp.sum(s * cell.hidden(f)) for f in final)
+            return jnp.sum(r * hs) + last, (hs, final)
         kw = {} if option == "plain" else {"lengths": lengths, "reverse": option == "reverse"}
         hs, final = rj.rnn(cell, p, x, c, method=method, **kw)
         return jnp.sum(r * hs) + jnp.sum(s * cell.hidden(final)), (hs, final)

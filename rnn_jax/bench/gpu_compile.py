@@ -8,9 +8,9 @@ the lowered program and ``compile_kernel`` compiles it with the ``triton`` packa
 ptxas) for the target, reporting the shared memory, registers and spill bytes per program.
 
 ``python -m rnn_jax.bench.gpu_compile --write rnn_jax/loops/gpu_fit_table.py`` measures every
-kernel configuration (cell, padded H, U's dtype; warps) and writes the
+kernel configuration (cell, padded H, U's dtype; U resident or streamed; warps) and writes the
 fit table that ``method="auto"`` reads (``rnn_jax.loops.gpu_fit``). Needs ``triton``
-(``pip install -e .[gpu-check]``); takes about ten minutes on two cores.
+(``pip install -e .[gpu-check]``); takes about twenty minutes on two cores.
 """
 
 from __future__ import annotations
@@ -37,9 +37,11 @@ CELLS = {"elman_tanh": lambda h: Elman(h), "elman_relu": lambda h: Elman(h, acti
          "elman_identity": lambda h: Elman(h, activation="identity"),
          "lstm": lambda h: LSTM(h), "gru": lambda h: GRU(h)}
 HIDDEN = (16, 32, 64, 128, 256, 512)
-# the configurations tried per kernel, most preferred first: 8 warps halve the registers per
-# thread (LSTM H=128: 255 with spills at 4 warps, ~170 at 8) at the cost of more threads
-CANDIDATES = (Kernel(num_warps=4), Kernel(num_warps=8))
+# the configurations tried per kernel, most preferred first, until one fits: U resident, then
+# U streamed (rnn_jax.loops.gpu_fit); 8 warps halve the registers per thread (LSTM H=128: 255
+# with spills at 4 warps, ~170 at 8) at the cost of more threads
+CANDIDATES = {True: (Kernel(num_warps=4), Kernel(num_warps=8)),
+              False: (Kernel(num_warps=4, resident=False), Kernel(num_warps=8, resident=False))}
 
 
 @contextlib.contextmanager
@@ -127,7 +129,9 @@ def input_precisions(kernel):
 
 
 def kernel_program(cell, dtype, kernel, batch=32, steps=8, input_size=8):
-    """The forward and backward kernels of one cell, as a lowerable gradient."""
+    """The forward and backward kernels of one cell, one direction and both directions in one
+    launch (``pallas.run_bidirectional``: kernels named ``*_bidirectional``), as a lowerable
+    gradient."""
     params = jax.eval_shape(lambda: cell.init(jax.random.key(0), input_size))
     params = jax.tree.map(lambda p: jax.ShapeDtypeStruct(p.shape, dtype), params)
     xs = jax.ShapeDtypeStruct((steps, batch, input_size), dtype)
@@ -135,31 +139,40 @@ def kernel_program(cell, dtype, kernel, batch=32, steps=8, input_size=8):
     def loss(p, x):
         carry = cell.initial_carry((batch,), dtype)
         hs, _, _ = pallas.run(cell, p, x, carry, None, kernel=kernel)
-        return jnp.sum(hs)
+        both = pallas.run_bidirectional((cell, cell), (p, p), x, (carry, carry), None,
+                                        kernel=kernel)
+        return jnp.sum(hs) + sum(jnp.sum(out[0]) for out in both)
 
     return jax.grad(loss), params, xs
 
 
 def measure(key, hidden, storage):
-    """Each candidate configuration's compiled resource use, up to the first that fits."""
+    """Each candidate configuration's compiled resource use, resident U and streamed U, up to
+    the first of each kind that fits."""
     cell = CELLS[key](hidden)
     if storage == "bfloat16":
         cell = dataclasses.replace(cell, compute_dtype=jnp.bfloat16)
     dtype = jnp.float64 if storage == "float64" else jnp.float32
-    # every kernel holds U in shared memory (measured: U's bytes plus at most a few tens of KB),
-    # so one whose U alone passes the limit is not compiled (ptxas takes many minutes on them)
-    u_bytes = cell.num_gates * pallas.padded_hidden(hidden) ** 2 * jnp.dtype(storage).itemsize
-    if u_bytes > gpu_fit.SHARED_MEMORY_LIMIT:
-        return [{"kernel": None, "kernels": {}, "skipped": f"U alone needs {u_bytes} bytes"}]
-    with jax.enable_x64(storage == "float64"):
-        return _measure(cell, dtype)
-
-
-def _measure(cell, dtype):
+    # a resident kernel holds all of U in shared memory, a streamed one a gate block U_k at a
+    # time (measured: those bytes plus at most a few tens of KB), so one whose U (U_k) alone
+    # passes the limit is not compiled (ptxas takes many minutes on them)
+    block = pallas.padded_hidden(hidden) ** 2 * jnp.dtype(storage).itemsize
     options = []
-    for cand in CANDIDATES:
-        record = {"kernel": {f: getattr(cand, f) for f in cand.__dataclass_fields__},
-                  "kernels": {}}
+    for resident, on_chip in ((True, cell.num_gates * block), (False, block)):
+        if on_chip > gpu_fit.SHARED_MEMORY_LIMIT:
+            what = "U" if resident else "one gate block of U"
+            options.append({"kernel": {**dataclasses.asdict(Kernel()), "resident": resident},
+                            "kernels": {}, "skipped": f"{what} alone needs {on_chip} bytes"})
+            continue
+        with jax.enable_x64(storage == "float64"):
+            options += _measure(cell, dtype, CANDIDATES[resident])
+    return options
+
+
+def _measure(cell, dtype, candidates):
+    options = []
+    for cand in candidates:
+        record = {"kernel": dataclasses.asdict(cand), "kernels": {}}
         try:
             fn, *args = kernel_program(cell, dtype, cand)
             for k in triton_kernels(lower_for_cuda(fn, *args)):
@@ -179,8 +192,9 @@ def write_table(path, storages=("float32", "bfloat16", "float64")):
         for hidden in HIDDEN:
             for storage in storages:
                 rows[(key, hidden, storage)] = measure(key, hidden, storage)
-                best = gpu_fit.kernel_for_options(rows[(key, hidden, storage)])
-                print(key, hidden, storage, "->", best, flush=True)
+                options = rows[(key, hidden, storage)]
+                print(key, hidden, storage, "->", *(gpu_fit.kernel_for_options(options, r)
+                                                    for r in (True, False)), flush=True)
     import triton
 
     header = (f'"""Generated by `python -m rnn_jax.bench.gpu_compile --write {path}`: do not '

@@ -2,7 +2,9 @@
 
     rnn_jax                 ``rj.rnn`` with no options (``method="auto"``, unroll 1)
     rnn_jax:<variant>       other options, ``<method>[-u<unroll>][-highest]``, e.g. ``scan-u8``;
-                            method in auto, scan, fused, pallas, cudnn, deer, quasi_deer
+                            method in auto, scan, fused, pallas, cudnn, deer, quasi_deer;
+                            ``pallas-resident`` / ``pallas-streamed``: the kernel with U kept
+                            on chip / streamed a gate block at a time (``Kernel.resident``)
     flax_linen              ``nn.RNN`` over SimpleCell / OptimizedLSTMCell / GRUCell
     torch                   ``nn.RNN/LSTM/GRU`` in float32 (cuDNN on a GPU with TF32 off)
     torch:tf32              the same with TF32 allowed (GPU only)
@@ -27,11 +29,12 @@ import numpy as np
 
 import rnn_jax as rj
 from rnn_jax.bench.harness import Built, Skip, cpu_threads
-from rnn_jax.loops import cudnn, fused
+from rnn_jax.loops import cudnn, fused, gpu_fit, pallas
+from rnn_jax.loops.pallas_launch import Kernel
 
 METHODS = ("auto", "scan", "fused", "pallas", "cudnn", "deer", "quasi_deer")
 _VARIANT = re.compile(r"^(?P<method>" + "|".join(METHODS)
-                      + r")(-u(?P<unroll>\d+))?(?P<hi>-highest)?$")
+                      + r")(?P<u>-resident|-streamed)?(-u(?P<unroll>\d+))?(?P<hi>-highest)?$")
 # custom-call targets in a compiled program that name the kernel that ran
 KERNEL_CALLS = (("dnn_rnn", "cudnn"), ("triton", "pallas (Triton)"),
                 ("mosaic_gpu", "pallas (Mosaic GPU)"))
@@ -91,6 +94,9 @@ def rnn_jax(variant: str = ""):
                          f"with method in {METHODS}")
     method, unroll = match["method"], int(match["unroll"] or 1)
     precision = "highest" if match["hi"] else "default"
+    if match["u"] and method != "pallas":
+        raise ValueError(f"rnn_jax variant {variant!r}: -resident/-streamed apply to pallas only")
+    resident = None if not match["u"] else match["u"] == "-resident"
 
     def build(problem, data):
         cell = problem.rj_cell
@@ -103,6 +109,9 @@ def rnn_jax(variant: str = ""):
         def forward(p, x):
             return rj.rnn(cell, p, x, method=method, unroll=unroll)[0]
 
+        if resident is not None:
+            forward = _pallas_forward(cell, resident)
+
         compiled, params, xs, compile_s, peak = _jax_built(problem, data, forward, precision)
         path = ran_path(method, cell, data["params"], compiled.as_text())
         return Built(lambda: compiled(params, xs), jax.block_until_ready,
@@ -110,6 +119,26 @@ def rnn_jax(variant: str = ""):
                      f"{path}, unroll {unroll}", (compiled, (params, xs)))
 
     return build
+
+
+def _pallas_forward(cell, resident):
+    """``rj.rnn(method="pallas")`` with the kernel kind fixed: the first fitting configuration
+    of that kind in ``gpu_fit``'s table (on a GPU: none fits -> Skip; off a GPU, in interpret
+    mode, any configuration runs)."""
+    kernel = gpu_fit.pallas_kernel_for(cell, jnp.float32, resident=resident)
+    if kernel is None:
+        if jax.default_backend() == "gpu":
+            kind = "resident" if resident else "streamed"
+            raise Skip(f"no {kind} kernel fits {type(cell).__name__} H={cell.hidden_size} "
+                       "(rnn_jax.loops.gpu_fit)")
+        kernel = Kernel(resident=resident)
+
+    def forward(p, x):
+        carry = cell.initial_carry(x.shape[:-2], x.dtype)
+        hs = pallas.run(cell, p, jnp.moveaxis(x, -2, 0), carry, None, kernel=kernel)[0]
+        return jnp.moveaxis(hs, 0, -2)
+
+    return forward
 
 
 # -- flax.linen -------------------------------------------------------------------------------

@@ -8,8 +8,16 @@ with the ``triton`` package (ptxas for sm_90), and writes ``gpu_fit_table.py`` f
 compiler reports. A cell takes a kernel only where its table entry fits: the key is (cell,
 padded H, U's storage dtype); anything else falls back to the scan paths.
 
-The table says nothing about speed (no GPU has timed these kernels yet), only that they compile
-and fit; ``method="auto"`` takes them on a GPU for that reason alone.
+Two kinds of kernel are measured per key (``pallas_launch.Kernel.resident``): U resident on chip
+for the whole loop, and U streamed one gate block per product (from L2, every step), which needs
+a fraction of the shared memory and so fits where the resident one cannot (LSTM H = 128 in
+float32: 278,528 bytes resident, 73,728 streamed).
+
+``method="auto"`` takes a *resident* kernel wherever one fits: on the H200 they measured 1.9-5.5x
+faster than the fused scan wherever they were timed (``benchmarks/h200/gpu_check``). It takes a
+*streamed* kernel only for the keys in ``STREAMED_FOR_AUTO``: those a GPU has timed faster than
+the alternative auto would otherwise run. ``method="pallas"`` runs the first kernel that fits,
+resident or streamed.
 """
 
 from __future__ import annotations
@@ -22,6 +30,9 @@ from rnn_jax.loops import gpu_fit_table
 from rnn_jax.loops.pallas_launch import Kernel, padded_hidden
 
 SHARED_MEMORY_LIMIT = 232_448  # bytes of shared memory one block may use on sm_90 (227 KiB)
+# (cell, padded H, storage dtype) where a GPU measured the streamed kernel faster than what auto
+# runs without it; none yet: no GPU has run them (make gpu-check times them as rnn_jax:pallas)
+STREAMED_FOR_AUTO: frozenset = frozenset()
 
 
 def targets_gpu() -> bool:
@@ -61,26 +72,48 @@ def fits(record) -> bool:
 
 def entry(cell, dtype):
     """The table's entry for (cell, padded H, storage dtype), or None when not measured."""
-    key = cell_key(cell)
-    if key is None:
-        return None
-    return gpu_fit_table.TABLE.get((key, padded_hidden(cell.hidden_size),
-                                    storage_dtype(cell, dtype)))
+    key = key_of(cell, dtype)
+    return None if key is None else gpu_fit_table.TABLE.get(key)
 
 
-def kernel_for_options(options) -> Kernel | None:
-    """The first measured configuration whose every kernel (forward, backward) fits."""
+def kernel_for_options(options, resident=None) -> Kernel | None:
+    """The first measured configuration whose every kernel (forward, backward) fits.
+
+    ``resident``: only resident (True) or streamed (False) configurations; None: either.
+    """
     for option in options or ():
+        kernel = option.get("kernel")
+        if kernel is None or (resident is not None
+                              and kernel.get("resident", True) != resident):
+            continue
         if option["kernels"] and all(fits(r) for r in option["kernels"].values()):
-            return Kernel(**option["kernel"])
+            return Kernel(**kernel)
     return None
+
+
+def key_of(cell, dtype):
+    """The table's key (cell, padded H, storage dtype), or None for a cell without kernels."""
+    name = cell_key(cell)
+    return None if name is None else (name, padded_hidden(cell.hidden_size),
+                                      storage_dtype(cell, dtype))
 
 
 def kernel_for(cell, dtype, batch=None) -> Kernel | None:
     """The kernel configuration ``auto`` runs for this cell and state dtype, or None.
 
-    Configurations are measured in order of preference (fewer warps first); ``batch`` is
+    A resident kernel where one fits; else a streamed one where ``STREAMED_FOR_AUTO`` lists the
+    key. Configurations are measured in order of preference (fewer warps first); ``batch`` is
     accepted for a future choice of rows per program by measured speed.
     """
     del batch
-    return kernel_for_options(entry(cell, dtype))
+    options = entry(cell, dtype)
+    resident = kernel_for_options(options, resident=True)
+    if resident is None and key_of(cell, dtype) in STREAMED_FOR_AUTO:
+        return kernel_for_options(options, resident=False)
+    return resident
+
+
+def pallas_kernel_for(cell, dtype, resident=None) -> Kernel | None:
+    """The kernel ``method="pallas"`` runs: the first that fits (resident before streamed), or
+    only resident / only streamed ones; None where none fits."""
+    return kernel_for_options(entry(cell, dtype), resident=resident)

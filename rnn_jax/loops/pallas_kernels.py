@@ -1,8 +1,12 @@
 """Pallas kernel bodies for the fused time loops (see ``rnn_jax.loops.pallas`` for the idea).
 
-Each program owns ``b`` batch rows and loops over all T steps. The recurrent matrix U is loaded
-once, before the loop, and stays on chip (in shared memory, where the tensor-core products read
-it) for all T steps; ``rnn_jax.loops.gpu_fit`` says for which H that fits. Gate blocks are
+Each program owns ``b`` batch rows and loops over all T steps. With ``resident=True`` the
+recurrent matrix U is loaded once, before the loop, and stays on chip (in shared memory, where
+the tensor-core products read it) for all T steps; with ``resident=False`` each gate block U_k
+is loaded where a product needs it, every step (L2 serves it after the first), so only one
+block at a time needs shared memory; the LSTM's forward step computes its gates one at a time
+(i, g, f, o) so that only one block's registers are live. ``rnn_jax.loops.gpu_fit`` says which
+fits for which H. Gate blocks are
 addressed by static slices of the *references* (``pl.ds(k * H, H)``), never by slicing values
 held in registers, which the Triton backend handles poorly. Masks arrive as [T, b] in the state
 dtype (1 = real step); on a masked step the state is left unchanged and the adjoint passes
@@ -47,6 +51,19 @@ def _mm(a, w, precision, transpose=False):
     return jnp.dot(a, w, precision=precision, preferred_element_type=acc)
 
 
+def _weights(w_ref, hidden, num, resident):
+    """The gate blocks U_k [H, H] of U, as a function of k.
+
+    Resident: all blocks are loaded once, before the time loop, and stay on chip. Streamed:
+    block k is loaded where the step uses it, every step (from L2, where U stays after the
+    first step), so only one block at a time needs on-chip room.
+    """
+    if resident:
+        blocks = _blocks(w_ref, hidden, num)
+        return lambda k: blocks[k]
+    return lambda k: w_ref[:, pl.ds(k * hidden, hidden)]
+
+
 def _blocks(ref, hidden, num, t=None):
     """The ``num`` gate blocks [.., H] of a ref's last axis (at time t when given)."""
     if t is None:
@@ -69,23 +86,25 @@ def _previous(ref, init_ref, t):
 
 
 # -- Elman ---------------------------------------------------------------------------------------
-def elman_fwd(u_ref, w_ref, h0_ref, m_ref, s_ref, *, num_steps, activation, precision):
+def elman_fwd(u_ref, w_ref, h0_ref, m_ref, s_ref, *, num_steps, activation, precision,
+              resident=True):
     f, _ = ACTIVATIONS[activation]
     hidden = h0_ref.shape[-1]
-    w = _blocks(w_ref, hidden, 1)
+    w = _weights(w_ref, hidden, 1, resident)
 
     def body(t, h):
-        h = jnp.where(_keep(m_ref, t), f(u_ref[t] + _mm(h, w[0], precision)), h)
+        h = jnp.where(_keep(m_ref, t), f(u_ref[t] + _mm(h, w(0), precision)), h)
         s_ref[t] = h
         return h
 
     jax.lax.fori_loop(0, num_steps, body, h0_ref[...])
 
 
-def elman_bwd(s_ref, g_ref, w_ref, m_ref, a_ref, dh0_ref, *, num_steps, activation, precision):
+def elman_bwd(s_ref, g_ref, w_ref, m_ref, a_ref, dh0_ref, *, num_steps, activation, precision,
+              resident=True):
     _, df = ACTIVATIONS[activation]
     hidden = dh0_ref.shape[-1]
-    w = _blocks(w_ref, hidden, 1)
+    w = _weights(w_ref, hidden, 1, resident)
 
     def body(i, lam):
         t = num_steps - 1 - i
@@ -93,24 +112,26 @@ def elman_bwd(s_ref, g_ref, w_ref, m_ref, a_ref, dh0_ref, *, num_steps, activati
         keep = _keep(m_ref, t)
         a = jnp.where(keep, lam * df(s_ref[t]), 0.0)
         a_ref[t] = a
-        return jnp.where(keep, _mm(a, w[0], precision, transpose=True), lam)
+        return jnp.where(keep, _mm(a, w(0), precision, transpose=True), lam)
 
     dh0_ref[...] = jax.lax.fori_loop(0, num_steps, body, jnp.zeros(dh0_ref.shape, dh0_ref.dtype))
 
 
 # -- LSTM ----------------------------------------------------------------------------------------
 def lstm_fwd(u_ref, w_ref, h0_ref, c0_ref, m_ref, hs_ref, cs_ref, gates_ref, *, num_steps,
-             precision):
+             precision, resident=True):
     hidden = h0_ref.shape[-1]
-    w = _blocks(w_ref, hidden, 4)
+    w = _weights(w_ref, hidden, 4, resident)
 
     def body(t, carry):
         h, c = carry
-        pre = [u + _mm(h, wk, precision)
-               for u, wk in zip(_blocks(u_ref, hidden, 4, t), w, strict=True)]
-        i, f, o = jax.nn.sigmoid(pre[0]), jax.nn.sigmoid(pre[1]), jax.nn.sigmoid(pre[3])
-        g = jnp.tanh(pre[2])
-        c_new = f * c + i * g
+        pre = lambda k: u_ref[t, :, pl.ds(k * hidden, hidden)] + _mm(h, w(k), precision)  # noqa: E731
+        i = jax.nn.sigmoid(pre(0))
+        g = jnp.tanh(pre(2))
+        ig = i * g
+        f = jax.nn.sigmoid(pre(1))
+        c_new = f * c + ig
+        o = jax.nn.sigmoid(pre(3))
         keep = _keep(m_ref, t)
         h = jnp.where(keep, o * jnp.tanh(c_new), h)
         c = jnp.where(keep, c_new, c)
@@ -122,9 +143,9 @@ def lstm_fwd(u_ref, w_ref, h0_ref, c0_ref, m_ref, hs_ref, cs_ref, gates_ref, *, 
 
 
 def lstm_bwd(cs_ref, gates_ref, c0_ref, gh_ref, gc_ref, w_ref, m_ref, a_ref, dh0_ref, dc0_ref,
-             *, num_steps, precision):
+             *, num_steps, precision, resident=True):
     hidden = dh0_ref.shape[-1]
-    w = _blocks(w_ref, hidden, 4)
+    w = _weights(w_ref, hidden, 4, resident)
 
     def body(j, carry):
         lam_h, lam_c = carry
@@ -138,7 +159,7 @@ def lstm_bwd(cs_ref, gates_ref, c0_ref, gh_ref, gc_ref, w_ref, m_ref, a_ref, dh0
         keep = _keep(m_ref, t)
         da = [jnp.where(keep, d, 0.0) for d in da]
         _store(a_ref, t, hidden, da)
-        back = sum(_mm(d, wk, precision, transpose=True) for d, wk in zip(da, w, strict=True))
+        back = sum(_mm(d, w(k), precision, transpose=True) for k, d in enumerate(da))
         return jnp.where(keep, back, lam_h), jnp.where(keep, dc * f, lam_c)
 
     zeros = jnp.zeros(dh0_ref.shape, dh0_ref.dtype)
@@ -148,16 +169,16 @@ def lstm_bwd(cs_ref, gates_ref, c0_ref, gh_ref, gc_ref, w_ref, m_ref, a_ref, dh0
 
 # -- GRU -----------------------------------------------------------------------------------------
 def gru_fwd(u_ref, w_ref, bhn_ref, h0_ref, m_ref, hs_ref, gates_ref, *, num_steps,
-            precision):
+            precision, resident=True):
     hidden = h0_ref.shape[-1]
-    w_r, w_z, w_n = _blocks(w_ref, hidden, 3)
+    w = _weights(w_ref, hidden, 3, resident)
     b_hn = bhn_ref[...]
 
     def body(t, h):
         u_r, u_z, u_n = _blocks(u_ref, hidden, 3, t)
-        r = jax.nn.sigmoid(u_r + _mm(h, w_r, precision))
-        z = jax.nn.sigmoid(u_z + _mm(h, w_z, precision))
-        q = _mm(h, w_n, precision) + b_hn
+        r = jax.nn.sigmoid(u_r + _mm(h, w(0), precision))
+        z = jax.nn.sigmoid(u_z + _mm(h, w(1), precision))
+        q = _mm(h, w(2), precision) + b_hn
         n = jnp.tanh(u_n + r * q)
         h = jnp.where(_keep(m_ref, t), (1.0 - z) * n + z * h, h)
         hs_ref[t] = h
@@ -168,10 +189,10 @@ def gru_fwd(u_ref, w_ref, bhn_ref, h0_ref, m_ref, hs_ref, gates_ref, *, num_step
 
 
 def gru_bwd(hs_ref, gates_ref, h0_ref, g_ref, w_ref, m_ref, du_ref, dq_ref, dh0_ref, *,
-            num_steps, precision):
+            num_steps, precision, resident=True):
     """du = d/d[u_r, u_z, u_n]; dq = d/d[hU_r, hU_z, hU_n + b_hn] (they differ in the n block)."""
     hidden = dh0_ref.shape[-1]
-    w_r, w_z, w_n = _blocks(w_ref, hidden, 3)
+    w = _weights(w_ref, hidden, 3, resident)
 
     def body(j, lam):
         t = num_steps - 1 - j
@@ -185,9 +206,9 @@ def gru_bwd(hs_ref, gates_ref, h0_ref, g_ref, w_ref, m_ref, du_ref, dq_ref, dh0_
         dqn = dan * r
         _store(du_ref, t, hidden, (dar, daz, dan))
         _store(dq_ref, t, hidden, (dar, daz, dqn))
-        back = (lam * z + _mm(dar, w_r, precision, transpose=True)
-                + _mm(daz, w_z, precision, transpose=True)
-                + _mm(dqn, w_n, precision, transpose=True))
+        back = (lam * z + _mm(dar, w(0), precision, transpose=True)
+                + _mm(daz, w(1), precision, transpose=True)
+                + _mm(dqn, w(2), precision, transpose=True))
         return jnp.where(keep, back, lam)
 
     dh0_ref[...] = jax.lax.fori_loop(0, num_steps, body, jnp.zeros(dh0_ref.shape, dh0_ref.dtype))

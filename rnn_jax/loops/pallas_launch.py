@@ -45,11 +45,15 @@ class Kernel:
       block_b: batch rows per program (a power of two, at least 16: Triton's dot tile).
       num_warps: Triton warps per program.
       num_stages: Triton software-pipelining stages of the time loop.
+      resident: U loaded once and kept on chip for all T steps (True), or streamed: each
+        gate block U_k [H, H] loaded where a step uses it, every step, so that only one
+        block at a time needs shared memory (``rnn_jax.loops.pallas_kernels._weights``).
     """
 
     block_b: int = MIN_BLOCK
     num_warps: int = 4
     num_stages: int = 1
+    resident: bool = True
 
     def __post_init__(self):
         b = self.block_b
@@ -59,6 +63,8 @@ class Kernel:
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
+        if not isinstance(self.resident, bool):
+            raise TypeError(f"resident must be a bool (True or False), got {self.resident!r}")
 
 
 def padded_hidden(hidden: int) -> int:
@@ -83,38 +89,50 @@ def precision_of(state_dtype, compute_dtype=None, precision=None):
     return PRECISIONS[key]
 
 
-def _spec(kind, shape, block_b):
-    """BlockSpec by role: per-time-step rows, per-row state, whole matrix, or mask."""
+def _spec(kind, shape, block_b, directions=1, per_direction=1):
+    """BlockSpec by role: per-time-step rows, per-row state, mask, or a direction's matrix.
+
+    "all" is ``directions`` matrices stacked on the first axis (``[D * X0, ...]``); program i
+    runs direction ``i // per_direction`` and reads that one (with one direction: the whole).
+    """
     if kind == "seq":  # [T, B, X]
         return pl.BlockSpec((shape[0], block_b, shape[2]), lambda i: (0, i, 0))
     if kind == "row":  # [B, X]
         return pl.BlockSpec((block_b, shape[1]), lambda i: (i, 0))
     if kind == "msk":  # [T, B]
         return pl.BlockSpec((shape[0], block_b), lambda i: (0, i))
-    return pl.BlockSpec(tuple(shape), lambda i: (0,) * len(shape))  # "all": every program
+    if directions == 1:  # every program reads the whole array
+        return pl.BlockSpec(tuple(shape), lambda i: (0,) * len(shape))
+    rest = (0,) * (len(shape) - 1)
+    return pl.BlockSpec((shape[0] // directions, *shape[1:]),
+                        lambda i: (i // per_direction, *rest))
 
 
-def call(kernel, name, cfg: Kernel, ins, outs, dtype, **static):
+def call(kernel, name, cfg: Kernel, ins, outs, dtype, directions=1, **static):
     """pallas_call over batch blocks; ``ins``/``outs`` are (kind, array-or-shape) pairs.
 
-    Compiled for Triton on "cuda" and "rocm", interpreted on every other platform, decided at
-    lowering time.
+    ``directions``: the rows are that many equal groups (the directions of a bidirectional
+    layer), each with its own block of every "all" input. Compiled for Triton on "cuda" and
+    "rocm", interpreted on every other platform, decided at lowering time.
     """
     batch = next(x.shape[1] for kind, x in ins if kind == "seq")
-    body = functools.partial(kernel, **static)
+    programs = batch // cfg.block_b
+    spec = functools.partial(_spec, block_b=cfg.block_b, directions=directions,
+                             per_direction=programs // directions)
+    body = functools.partial(kernel, resident=cfg.resident, **static)
 
     def launch(interpret, *args):
         params = None if interpret else plgpu.CompilerParams(
             num_warps=cfg.num_warps, num_stages=cfg.num_stages)
         return pl.pallas_call(
             body,
-            grid=(batch // cfg.block_b,),
-            in_specs=[_spec(kind, x.shape, cfg.block_b) for kind, x in ins],
-            out_specs=[_spec(kind, shape, cfg.block_b) for kind, shape in outs],
+            grid=(programs,),
+            in_specs=[spec(kind, x.shape) for kind, x in ins],
+            out_specs=[spec(kind, shape) for kind, shape in outs],
             out_shape=[jax.ShapeDtypeStruct(shape, dtype) for _, shape in outs],
             interpret=interpret,
             compiler_params=params,
-            name=name,
+            name=name if directions == 1 else f"{name}_bidirectional",
         )(*args)
 
     compiled, interpreted = (functools.partial(launch, flag) for flag in (False, True))

@@ -30,3 +30,17 @@ def test_lengths_include_empty_and_full_sequences():
 def test_a_method_that_raises_is_recorded():
     out = equivalence.run(equivalence.Check("elman", "cudnn", B=2, T=3, H=4))
     assert out["status"] == "error" and "ValueError: method='cudnn'" in out["error"]
+
+
+def test_bidirectional_checks_both_directions_params_and_carries():
+    """Pallas's one-launch bidirectional path against two scans; each direction's params and
+    initial carry are its own, and a perturbed backward-direction gradient is caught."""
+    check = equivalence.Check("gru", "pallas", "highest", "bidirectional", B=5, T=4, H=4)
+    ref = equivalence.values(check, "scan", "highest")
+    assert set(ref["d_params"]) == {"fwd", "bwd"} and len(ref["carry"]) == 2
+    assert not np.allclose(ref["d_params"]["fwd"]["U"], ref["d_params"]["bwd"]["U"])
+    ok = equivalence.run(check, ref)
+    assert ok["status"] == "ok" and ok["max_rel_err"] < 1e-5
+    bwd = {**ref["d_params"]["bwd"], "U": 1.01 * ref["d_params"]["bwd"]["U"]}
+    bad = equivalence.run(check, {**ref, "d_params": {**ref["d_params"], "bwd": bwd}})
+    assert bad["status"] == "mismatch"

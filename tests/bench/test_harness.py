@@ -177,8 +177,15 @@ def test_the_path_named_is_the_one_in_the_compiled_program():
     assert peers.ran_path("quasi_deer", cell, params, "") == "quasi_deer"
 
 
+def test_kernel_kind_variants_name_pallas_only():
+    peers.get_builders(["rnn_jax:pallas-streamed-highest", "rnn_jax:pallas-resident-u2"])
+    with pytest.raises(ValueError, match="apply to pallas only"):
+        peers.get_builders(["rnn_jax:scan-streamed"])
+
+
 def test_every_method_has_a_name_and_records_its_path_and_precision():
-    names = [f"rnn_jax:{m}" for m in ("pallas", "deer", "quasi_deer-highest", "cudnn")]
+    names = [f"rnn_jax:{m}" for m in ("pallas", "deer", "quasi_deer-highest", "cudnn",
+                                        "pallas-resident", "pallas-streamed")]
     out = harness.run_point(harness.Problem("lstm", "train", 2, 3, 4), peers.get_builders(names),
                             warmup=0, repeats=1)
     assert out["failed"] == [] and out["rejected"] == []
@@ -187,6 +194,7 @@ def test_every_method_has_a_name_and_records_its_path_and_precision():
     assert paths["rnn_jax:quasi_deer-highest"] == "quasi_deer, unroll 1"
     if jax.default_backend() == "cpu":
         assert paths["rnn_jax:pallas"] == "pallas (interpret), unroll 1"
+        assert paths["rnn_jax:pallas-streamed"] == "pallas (interpret), unroll 1"
         assert out["skipped"][0]["impl"] == "rnn_jax:cudnn"
     for r in out["records"]:
         assert r["precision"] == ("highest" if r["impl"].endswith("-highest") else "default")

@@ -78,6 +78,9 @@ def test_the_full_check_holds_the_issue_sizes_and_every_method():
     assert set(cfg.methods) == {"auto", "fused", "pallas", "cudnn", "deer", "quasi_deer"}
     assert {"torch", "torch:tf32", "flax_linen", "jax_experimental_rnn"} <= set(cfg.impls)
     assert cfg.budget_s < 8 * 60
-    # 3 cells x 3 options at highest + 1 at default, cuDNN for the LSTM only
-    assert len([c for c in gpu_check.checks(cfg)
-                if c.method != "cudnn" or c.cell == "lstm"]) == 4 * (3 * 5 + 1)
+    # 3 cells x 4 options at highest + 1 at default, cuDNN for the LSTM only; the
+    # bidirectional ones last
+    checks = [c for c in gpu_check.checks(cfg) if c.method != "cudnn" or c.cell == "lstm"]
+    assert len(checks) == 5 * (3 * 5 + 1)
+    assert {c.option for c in checks[-16:]} == {"bidirectional"}
+    assert "bidirectional" not in {c.option for c in checks[:-16]}

@@ -41,11 +41,11 @@ def _cell(name, hidden, dtype):
     return cell
 
 
-def _program(cell, state_dtype):
-    """Gradient of uni- (unmasked) and bidirectional (masked, so reverse too) runs on auto."""
+def _program(cell, state_dtype, method="auto"):
+    """Gradient of uni- (unmasked) and bidirectional (masked, so reverse too) runs."""
     def loss(params, xs, lengths):
-        hs, _ = rj.rnn(cell, params["fwd"], xs)
-        hb, _ = rj.bidirectional(cell, cell, params, xs, lengths=lengths)
+        hs, _ = rj.rnn(cell, params["fwd"], xs, method=method)
+        hb, _ = rj.bidirectional(cell, cell, params, xs, lengths=lengths, method=method)
         return jnp.sum(hs) + jnp.sum(hb)
 
     p = jax.eval_shape(lambda: cell.init(jax.random.key(0), FEATURES))
@@ -66,25 +66,59 @@ def test_auto_lowers_for_cuda_and_its_kernels_fit_sm90(name, dtype):
             kernels = gpu_compile.triton_kernels(lowered)
             chosen = gpu_fit.kernel_for(cell, state_dtype)
             # auto takes a kernel exactly where the table says it fits: a forward and a
-            # backward kernel per direction, three directions
-            assert len(kernels) == (6 if chosen else 0), (hidden, len(kernels), chosen)
-            if not kernels or not HAVE_TRITON:
+            # backward kernel for the unidirectional run, and for the bidirectional one, whose
+            # two directions share each launch (rnn_jax.loops.pallas.run_bidirectional)
+            assert len(kernels) == (4 if chosen else 0), (hidden, len(kernels), chosen)
+            if kernels:
+                _check_compiled(name, hidden, dtype, cell, state_dtype, chosen, kernels)
+
+
+def _check_compiled(name, hidden, dtype, cell, state_dtype, chosen, kernels):
+    """Each kernel compiles for sm_90 within the limits, with the table's own numbers."""
+    if not HAVE_TRITON:
+        return
+    table = {k: v for opt in gpu_fit.entry(cell, state_dtype)
+             if opt["kernel"] == dataclasses.asdict(chosen)
+             for k, v in opt["kernels"].items()}
+    for kernel in kernels:
+        digest = hashlib.sha256(kernel["ir"].encode()).hexdigest()
+        if digest not in _compiled:
+            _compiled[digest] = gpu_compile.compile_kernel(kernel)
+        got = _compiled[digest]
+        print(name, hidden, dtype, chosen, kernel["name"], got)
+        assert got["shared"] <= gpu_fit.SHARED_MEMORY_LIMIT
+        assert got["spills"] == 0
+        if jax.__version__ == gpu_compile.TABLE_JAX_VERSION:  # the table's own build
+            want = table[kernel["name"]]
+            assert (got["shared"], got["registers"], got["spills"]) == (
+                want["shared"], want["registers"], want["spills"]), kernel["name"]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", sorted(CELLS))
+def test_method_pallas_streams_u_where_only_that_fits_and_refuses_where_nothing_does(name,
+                                                                                      dtype):
+    """Where auto has no resident kernel, method='pallas' lowers the streamed kernel the table
+    says fits (and it compiles within sm_90's limits), or raises a ValueError naming the cell
+    before anything is lowered."""
+    state_dtype = jnp.float64 if dtype == "float64" else jnp.float32
+    with jax.enable_x64(dtype == "float64"):
+        for hidden in HIDDEN:
+            cell = _cell(name, hidden, dtype)
+            if gpu_fit.kernel_for(cell, state_dtype) is not None:
+                continue  # auto's kernels: the test above
+            chosen = gpu_fit.pallas_kernel_for(cell, state_dtype)
+            program = _program(cell, state_dtype, method="pallas")
+            if chosen is None:
+                want = (rf"no kernel for {type(cell).__name__}\(hidden_size={hidden}\) "
+                        rf"with a {jnp.dtype(state_dtype).name} state fits")
+                with pytest.raises(ValueError, match=want):
+                    gpu_compile.lower_for_cuda(*program)
                 continue
-            table = {k: v for opt in gpu_fit.entry(cell, state_dtype)
-                     if opt["kernel"] == dataclasses.asdict(chosen)
-                     for k, v in opt["kernels"].items()}
-            for kernel in kernels:
-                digest = hashlib.sha256(kernel["ir"].encode()).hexdigest()
-                if digest not in _compiled:
-                    _compiled[digest] = gpu_compile.compile_kernel(kernel)
-                got = _compiled[digest]
-                print(name, hidden, dtype, kernel["name"], got)
-                assert got["shared"] <= gpu_fit.SHARED_MEMORY_LIMIT
-                assert got["spills"] == 0
-                if jax.__version__ == gpu_compile.TABLE_JAX_VERSION:  # the table's own build
-                    want = table[kernel["name"]]
-                    assert (got["shared"], got["registers"], got["spills"]) == (
-                        want["shared"], want["registers"], want["spills"]), kernel["name"]
+            assert not chosen.resident
+            kernels = gpu_compile.triton_kernels(gpu_compile.lower_for_cuda(*program))
+            assert len(kernels) == 4, (hidden, len(kernels))
+            _check_compiled(name, hidden, dtype, cell, state_dtype, chosen, kernels)
 
 
 @pytest.mark.parametrize("setting, label, ir", [(None, "tf32", "tf32"),

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 import rnn_jax as rj
+from rnn_jax.loops import gpu_fit
 from rnn_jax.loops import pallas as pallas_rnn
+from rnn_jax.loops.pallas_launch import Kernel
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
@@ -27,11 +29,11 @@ def _perturbed_params(cell, input_size):
             for (k, v), n in zip(sorted(params.items()), noise, strict=True)}
 
 
-def _fused(cell, reverse, mask):
+def _fused(cell, reverse, mask, kernel=None):
     def run(params, xs, carry):
         m = None if mask is None else jnp.moveaxis(mask, -1, 0)
         hs, final, carries = pallas_rnn.run(cell, params, jnp.moveaxis(xs, -2, 0), carry, m,
-                                            reverse=reverse)
+                                            reverse=reverse, kernel=kernel)
         lead = xs.ndim - 2
         return (jnp.moveaxis(hs, 0, -2), final,
                 jax.tree.map(lambda c: jnp.moveaxis(c, 0, lead), carries))
@@ -45,7 +47,9 @@ def _loss(outputs):
 
 @pytest.mark.parametrize("name", sorted(CELLS))
 @pytest.mark.parametrize("reverse", [False, True])
-def test_fused_equals_scan_with_mask(name, reverse):
+@pytest.mark.parametrize("resident", [True, False])
+def test_fused_equals_scan_with_mask(name, reverse, resident):
+    """Both kernel kinds: U resident on chip, and U streamed a gate block at a time."""
     cell = CELLS[name]
     batch, steps, feats = (2, 5), 7, 3
     params = _perturbed_params(cell, feats)
@@ -55,7 +59,7 @@ def test_fused_equals_scan_with_mask(name, reverse):
                          cell.initial_carry(batch))
     scan = lambda p, x, c: rj.rnn(cell, p, x, c, mask=mask, reverse=reverse,  # noqa: E731
                                   return_carries=True)
-    fused = _fused(cell, reverse, mask)
+    fused = _fused(cell, reverse, mask, Kernel(resident=resident))
     for want, got in zip(jax.tree.leaves(scan(params, xs, carry)),
                          jax.tree.leaves(fused(params, xs, carry)), strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
@@ -152,3 +156,54 @@ def test_matmul_precision_setting_is_accepted_and_bad_names_raise():
     with pytest.raises(ValueError, match="precision='bogus'"):
         pallas_rnn.run(cell, params, jnp.moveaxis(xs, 1, 0), cell.initial_carry((2,)), None,
                        precision="bogus")
+
+
+def test_streamed_kernels_in_float64_and_bf16_match_the_scan():
+    """Streaming U changes where U is read from, not the arithmetic: float64 stays exact."""
+    cell = rj.LSTM(20)
+    with jax.enable_x64(True):
+        params = jax.tree.map(lambda p: p.astype(jnp.float64), _perturbed_params(cell, 3))
+        xs = jax.random.normal(jax.random.key(1), (3, 6, 3), jnp.float64)
+        mask = jnp.arange(6)[None, :] < jnp.array([[6], [0], [4]])
+        carry = cell.initial_carry((3,), jnp.float64)
+        run = _fused(cell, True, mask, Kernel(resident=False, num_warps=8))
+        want = rj.rnn(cell, params, xs, carry, mask=mask, reverse=True, return_carries=True)
+        for w, g in zip(jax.tree.leaves(want), jax.tree.leaves(run(params, xs, carry)),
+                        strict=True):
+            assert g.dtype == jnp.float64
+            np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-12)
+    cell = dataclasses.replace(rj.GRU(16), compute_dtype=jnp.bfloat16)
+    params = _perturbed_params(cell, 3)
+    xs = jax.random.normal(jax.random.key(1), (2, 5, 3))
+    carry = cell.initial_carry((2,))
+    got = _fused(cell, False, None, Kernel(resident=False))(params, xs, carry)
+    resident = _fused(cell, False, None, Kernel())(params, xs, carry)
+    for r, g in zip(jax.tree.leaves(resident), jax.tree.leaves(got), strict=True):
+        np.testing.assert_array_equal(g, r)  # same products, same rounding
+
+
+def test_kernel_config_is_checked():
+    with pytest.raises(TypeError, match="resident must be a bool"):
+        Kernel(resident="yes")
+    with pytest.raises(ValueError, match="block_b must be a power of two"):
+        Kernel(block_b=24)
+
+
+def test_method_pallas_streams_u_where_resident_u_does_not_fit():
+    """LSTM H = 128 in float32: U (256 KiB) cannot stay in shared memory, one gate block can.
+
+    auto keeps to resident kernels (and falls back to the fused scan here) until a GPU has
+    timed the streamed ones; method='pallas' runs the streamed kernel."""
+    cell = rj.LSTM(128)
+    assert gpu_fit.kernel_for(cell, jnp.float32) is None
+    streamed = gpu_fit.pallas_kernel_for(cell, jnp.float32)
+    assert streamed is not None and not streamed.resident
+    assert gpu_fit.pallas_kernel_for(cell, jnp.float32, resident=True) is None
+    assert gpu_fit.key_of(cell, jnp.float32) == ("lstm", 128, "float32")
+    assert gpu_fit.key_of(rj.get_cell("mgu", 8), jnp.float32) is None
+    # where a resident kernel fits, it comes first for both auto and method='pallas'
+    small = rj.LSTM(64)
+    assert gpu_fit.kernel_for(small, jnp.float32) == gpu_fit.pallas_kernel_for(
+        small, jnp.float32)
+    assert gpu_fit.kernel_for(small, jnp.float32).resident
+    assert gpu_fit.STREAMED_FOR_AUTO == frozenset()  # none timed on a GPU yet
