@@ -109,11 +109,14 @@ def rnn_jax(variant: str = ""):
         def forward(p, x):
             return rj.rnn(cell, p, x, method=method, unroll=unroll)[0]
 
-        if resident is not None:
-            forward = _pallas_forward(cell, resident)
+        kernel = None if resident is None else _pallas_kernel(cell, resident)
+        if kernel is not None:
+            forward = _pallas_forward(cell, kernel)
 
         compiled, params, xs, compile_s, peak = _jax_built(problem, data, forward, precision)
         path = ran_path(method, cell, data["params"], compiled.as_text())
+        if path.startswith("pallas"):  # which kernel: pallas.run's own choice unless fixed
+            path += _kernel_label(kernel or gpu_fit.pallas_kernel_for(cell, jnp.float32))
         return Built(lambda: compiled(params, xs), jax.block_until_ready,
                      _jax_result(problem.mode), compile_s, peak, _device(), precision,
                      f"{path}, unroll {unroll}", (compiled, (params, xs)))
@@ -121,18 +124,26 @@ def rnn_jax(variant: str = ""):
     return build
 
 
-def _pallas_forward(cell, resident):
-    """``rj.rnn(method="pallas")`` with the kernel kind fixed: the first fitting configuration
-    of that kind in ``gpu_fit``'s table (on a GPU: none fits -> Skip; off a GPU, in interpret
-    mode, any configuration runs)."""
+def _pallas_kernel(cell, resident):
+    """The first fitting configuration of that kind in ``gpu_fit``'s table (on a GPU: none
+    fits -> Skip; off a GPU, in interpret mode, any configuration runs)."""
     kernel = gpu_fit.pallas_kernel_for(cell, jnp.float32, resident=resident)
     if kernel is None:
         if jax.default_backend() == "gpu":
-            kind = "resident" if resident else "streamed"
-            raise Skip(f"no {kind} kernel fits {type(cell).__name__} H={cell.hidden_size} "
-                       "(rnn_jax.loops.gpu_fit)")
+            raise Skip(f"no {'resident' if resident else 'streamed'} kernel fits "
+                       f"{type(cell).__name__} H={cell.hidden_size} (rnn_jax.loops.gpu_fit)")
         kernel = Kernel(resident=resident)
+    return kernel
 
+
+def _kernel_label(kernel) -> str:
+    if kernel is None:
+        return ""
+    return f", {'resident' if kernel.resident else 'streamed'} U, {kernel.num_warps} warps"
+
+
+def _pallas_forward(cell, kernel):
+    """``rj.rnn(method="pallas")`` on this kernel configuration."""
     def forward(p, x):
         carry = cell.initial_carry(x.shape[:-2], x.dtype)
         hs = pallas.run(cell, p, jnp.moveaxis(x, -2, 0), carry, None, kernel=kernel)[0]

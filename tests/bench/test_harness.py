@@ -193,8 +193,10 @@ def test_every_method_has_a_name_and_records_its_path_and_precision():
     assert paths["rnn_jax:deer"] == "deer, unroll 1"
     assert paths["rnn_jax:quasi_deer-highest"] == "quasi_deer, unroll 1"
     if jax.default_backend() == "cpu":
-        assert paths["rnn_jax:pallas"] == "pallas (interpret), unroll 1"
-        assert paths["rnn_jax:pallas-streamed"] == "pallas (interpret), unroll 1"
+        # the kernel named: the table's first fit for H = 4 (padded to 16), or the fixed kind
+        assert paths["rnn_jax:pallas"] == "pallas (interpret), resident U, 4 warps, unroll 1"
+        assert paths["rnn_jax:pallas-streamed"] == (
+            "pallas (interpret), streamed U, 4 warps, unroll 1")
         assert out["skipped"][0]["impl"] == "rnn_jax:cudnn"
     for r in out["records"]:
         assert r["precision"] == ("highest" if r["impl"].endswith("-highest") else "default")
