@@ -9,8 +9,10 @@ median of ``repeats`` synchronised calls is reported, compile time separately.
     python -m experiments run benchmark --suite quick|cpu|gpu [--cells lstm,gru] [--impls ...]
         [--profile true]      (also: where rnn_jax's step spends its time, op by op)
     python -m experiments run benchmark --suite deepbench [--cells lstm] [--modes train]
+        [--budget_s 240]
         (Baidu's DeepBench RNN training set, the recurrence alone, beside its V100 times:
-        ``rnn_jax.bench.deepbench``; off a GPU only its H = 256 LSTM and H = 512 GRU rows)
+        ``rnn_jax.bench.deepbench``; off a GPU only its H = 256 LSTM and H = 512 GRU rows;
+        with a budget, cheapest rows first and the rest recorded as skipped)
 
 Implementation names: ``rnn_jax`` (``rj.rnn`` with no options), ``rnn_jax:<method>[-u<unroll>]
 [-highest]`` (method: auto, scan, fused, pallas, cudnn, deer, quasi_deer), ``flax_linen``,
@@ -76,6 +78,8 @@ class Config:
     seed: int = 0
     # also break rnn_jax's step down by XLA operation (rnn_jax.bench.op_profile)
     profile: bool = False
+    # deepbench only: seconds for the suite, rows cheapest first, the rest skipped (0: no limit)
+    budget_s: float = 0.0
 
     def __post_init__(self):
         if self.suite not in (*harness.SUITES, "deepbench"):
@@ -98,6 +102,12 @@ class Config:
         if self.repeats < 1 or self.warmup < 0:
             raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {self.repeats}, "
                              f"{self.warmup}")
+        if not self.budget_s >= 0 or self.budget_s == float("inf"):
+            raise ValueError(f"budget_s must be a finite number >= 0 (0: no limit), got "
+                             f"{self.budget_s}")
+        if self.budget_s and self.suite != "deepbench":
+            raise ValueError(f"budget_s applies to suite 'deepbench' only, got suite "
+                             f"{self.suite!r}")
 
 
 SMOKE = {"sizes": ("4x6x8",), "cells": ("lstm",), "repeats": 2, "warmup": 1}
@@ -148,7 +158,7 @@ def run(cfg: Config) -> dict:
         load_start = os.getloadavg()
         out = deepbench.run_suite(deepbench_rows(cfg), cfg.modes,
                                   cfg.impls or deepbench.IMPLS, warmup=cfg.warmup,
-                                  repeats=cfg.repeats)
+                                  repeats=cfg.repeats, budget_s=cfg.budget_s or None)
         return {**out, "suite": "deepbench", "threads": harness.cpu_threads(),
                 "load_average": {"start": list(load_start), "end": list(os.getloadavg())}}
     impls = cfg.impls or SUITE_IMPLS[cfg.suite]

@@ -230,12 +230,21 @@ def run_row(row: Row, mode: str, impls=IMPLS, *, warmup: int = 1, repeats: int =
 
 
 def run_suite(rows_, modes=harness.MODES, impls=IMPLS, *, warmup: int = 1,
-              repeats: int = 5) -> dict:
-    """Every row and mode; lists as ``run_row`` plus the rows run."""
+              repeats: int = 5, budget_s: float | None = None) -> dict:
+    """Every row and mode; lists as ``run_row`` plus the rows run.
+
+    ``budget_s``: seconds for the suite; the rows then run cheapest first (by FLOPs), so a
+    budget covers as many as it can, and those it does not reach are recorded as skipped.
+    """
     out = {"records": [], "skipped": [], "rejected": [], "failed": []}
+    deadline = None
+    if budget_s is not None:
+        deadline = time.monotonic() + budget_s
+        rows_ = sorted(rows_, key=lambda r: r.flops("train"))
     for row in rows_:
         for mode in modes:
-            point = run_row(row, mode, impls, warmup=warmup, repeats=repeats)
+            point = run_row(row, mode, impls, warmup=warmup, repeats=repeats,
+                            deadline=deadline)
             for key in out:
                 out[key] += point[key]
     out["rows"] = [dataclasses.asdict(r) for r in rows_]

@@ -81,3 +81,24 @@ def test_benchmark_suite_deepbench_config():
                             "load_average": {"start": [1.0], "end": [2.0]},
                             "skipped": [], "failed": [], "rejected": []}, cfg)
     assert "skip-input" in report
+
+
+def test_a_budget_runs_the_cheapest_rows_first_and_skips_the_rest():
+    rows = [tiny("lstm", b=4), tiny("gru", b=2)]
+    spent = deepbench.run_suite(rows, ("forward",), ("rnn_jax:recurrence",), repeats=1,
+                                budget_s=0.0)
+    assert spent["records"] == [] and len(spent["skipped"]) == 2
+    assert {s["reason"] for s in spent["skipped"]} == {"skipped: time budget spent"}
+    assert [r["cell"] for r in spent["rows"]] == ["gru", "lstm"]  # fewer FLOPs first
+    done = deepbench.run_suite(rows, ("forward",), ("rnn_jax:recurrence",), repeats=1,
+                               budget_s=600.0)
+    assert len(done["records"]) == 2 and done["skipped"] == []
+
+
+def test_budget_is_checked_and_only_for_deepbench():
+    module = exp_harness.load("benchmark")
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="budget_s must be a finite number"):
+            exp_harness.make_config(module, {"suite": "deepbench", "budget_s": bad})
+    with pytest.raises(ValueError, match="applies to suite 'deepbench' only"):
+        exp_harness.make_config(module, {"suite": "quick", "budget_s": 10.0})
