@@ -17,7 +17,7 @@ rate 3e-3, except 1e-4 for the IRNN (an unbounded ReLU with U = I needs small st
 it stalled at the baseline in a short trial; the paper also tunes the rate per model). The
 test MSE is measured on ``eval_examples`` fresh sequences; all seeds of a model train in one
 vmapped program, and every number is reported over seeds as median [Q1, Q3]
-(``training.spread``), with the per-seed values kept in results.json.
+(``seed_stats.spread``), with the per-seed values kept in results.json.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import os
 import jax
 import numpy as np
 
-from experiments import harness, training
+from experiments import harness, seed_stats, training
 from rnn_jax import plotting
 from rnn_jax.cells import GRU, LSTM, Elman, get_cell, irnn, torch_like
 from rnn_jax.model import SequenceModel
@@ -117,11 +117,11 @@ def run(cfg: Config) -> dict:
                 checkpoint_every=cfg.checkpoint_every)
             ev = training.evaluate(model, task, state.params, batches)
             out["test_mse_per_seed"][name][t] = ev["loss"].tolist()
-            out["test_mse"][name][t] = training.spread(ev["loss"])
+            out["test_mse"][name][t] = seed_stats.spread(ev["loss"])
             out["test_success"][name][t] = ev["success"].tolist()
-            out["curves"][name][t] = {"step": hist["step"], "loss": training.per_seed(hist, "loss"),
-                                      "grad_norm": training.per_seed(hist, "grad_norm"),
-                                      "clipped": training.per_seed(hist, "clipped")}
+            out["curves"][name][t] = {"step": hist["step"],
+                                      **{k: seed_stats.per_seed(hist, k)
+                                         for k in ("loss", "grad_norm", "clipped")}}
     out["baseline"] = Adding(seq_len=cfg.seq_lens[0]).baseline
     return out
 
@@ -135,7 +135,7 @@ def figures(metrics: dict, cfg: Config, out_dir) -> list:
         for ax, t in zip(axes, cfg.seq_lens, strict=True):
             for i, name in enumerate(cfg.models):
                 curves = metrics["curves"][name][t]
-                q1, med, q3 = training.curve_spread(curves["loss"])
+                q1, med, q3 = seed_stats.curve_spread(curves["loss"])
                 ax.plot(curves["step"], med, color=f"C{i}", lw=1.2, label=name)
                 ax.fill_between(curves["step"], q1, q3, color=f"C{i}", alpha=0.2)
             ax.axhline(metrics["baseline"], color="k", ls=":", lw=1, label="baseline 1/6")
@@ -156,11 +156,11 @@ def report(metrics: dict, cfg: Config) -> str:
              f"H = {cfg.hidden_size}, baseline 1/6 = {base:.4f}.", "",
              f"| model | {head} |", "|---|" + "---|" * len(cfg.seq_lens)]
     for name in cfg.models:
-        cells = " | ".join(f"{training.format_spread(metrics['test_mse'][name][t])} "
+        cells = " | ".join(f"{seed_stats.format_spread(metrics['test_mse'][name][t])} "
                            f"(n = {metrics['test_mse'][name][t]['n']})" for t in cfg.seq_lens)
         lines.append(f"| {name} | {cells} |")
-    read = {(name, t): training.reading(metrics["test_mse"][name][t]["median"] / base,
-                                        training.trend(metrics["curves"][name][t]["loss"]))
+    read = {(name, t): seed_stats.reading(metrics["test_mse"][name][t]["median"] / base,
+                                        seed_stats.trend(metrics["curves"][name][t]["loss"]))
             for name in cfg.models for t in cfg.seq_lens}
     lines += ["", "Reading per model (median test MSE / baseline; trend: the median training "
               "curve's last tenth over its value at three quarters of the run, < 1: still "

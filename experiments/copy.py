@@ -20,7 +20,7 @@ iterations; to see learning within a CPU budget of a few thousand steps this exp
 --learning_rate 1e-3 --batch_size 20`` gives the paper's optimizer). All models have the same
 hidden size (the paper matched parameter counts instead). The test cross-entropy is measured on
 ``eval_examples`` fresh sequences and reported over seeds as median [Q1, Q3]
-(``training.spread``), with the per-seed values kept in results.json.
+(``seed_stats.spread``), with the per-seed values kept in results.json.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from experiments import harness, training
+from experiments import harness, seed_stats, training
 from rnn_jax import plotting
 from rnn_jax.cells import GRU, LSTM, Elman, get_cell, irnn, torch_like
 from rnn_jax.model import SequenceModel
@@ -118,12 +118,12 @@ def run(cfg: Config) -> dict:
             checkpoint_every=cfg.checkpoint_every)
         ev = training.evaluate(model, task, state.params, batches)
         out["test_ce_per_seed"][name] = ev["loss"].tolist()
-        out["test_ce"][name] = training.spread(ev["loss"])
+        out["test_ce"][name] = seed_stats.spread(ev["loss"])
         out["test_copy_accuracy_per_seed"][name] = ev["copy_accuracy"].tolist()
-        out["test_copy_accuracy"][name] = training.spread(ev["copy_accuracy"])
-        out["curves"][name] = {"step": hist["step"], "loss": training.per_seed(hist, "loss"),
-                               "grad_norm": training.per_seed(hist, "grad_norm"),
-                               "clipped": training.per_seed(hist, "clipped")}
+        out["test_copy_accuracy"][name] = seed_stats.spread(ev["copy_accuracy"])
+        out["curves"][name] = {"step": hist["step"], "loss": seed_stats.per_seed(hist, "loss"),
+                               "grad_norm": seed_stats.per_seed(hist, "grad_norm"),
+                               "clipped": seed_stats.per_seed(hist, "clipped")}
     out["baseline"] = task.baseline
     return out
 
@@ -135,7 +135,7 @@ def figures(metrics: dict, cfg: Config, out_dir) -> list:
     with plotting.style():
         for i, name in enumerate(cfg.models):
             curves = metrics["curves"][name]
-            q1, med, q3 = training.curve_spread(curves["loss"])
+            q1, med, q3 = seed_stats.curve_spread(curves["loss"])
             ax.plot(curves["step"], med, color=f"C{i}", lw=1.2, label=name)
             ax.fill_between(curves["step"], q1, q3, color=f"C{i}", alpha=0.2)
         ax.axhline(metrics["baseline"], color="k", ls=":", lw=1.2, label="memoryless baseline")
@@ -148,7 +148,7 @@ def figures(metrics: dict, cfg: Config, out_dir) -> list:
 def report(metrics: dict, cfg: Config) -> str:
     """Test cross-entropy per model (median [Q1, Q3] over seeds) beside Arjovsky et al.'s."""
     base = metrics["baseline"]
-    fmt = training.format_spread
+    fmt = seed_stats.format_spread
     lines = [f"Test cross-entropy per step on {cfg.eval_examples} fresh sequences, median "
              f"[Q1, Q3] over {cfg.num_seeds} seeds (n = finite seeds); delay T = {cfg.delay}, "
              f"{cfg.num_steps} {cfg.optimizer} steps of batch {cfg.batch_size} (lr "
@@ -160,8 +160,8 @@ def report(metrics: dict, cfg: Config) -> str:
              "| model | test CE | n | copy accuracy | reading |", "|---|---|---|---|---|"]
     for name in cfg.models:
         ce, acc = metrics["test_ce"][name], metrics["test_copy_accuracy"][name]
-        read = training.reading(ce["median"] / base,
-                                training.trend(metrics["curves"][name]["loss"]))
+        read = seed_stats.reading(ce["median"] / base,
+                                seed_stats.trend(metrics["curves"][name]["loss"]))
         lines.append(f"| {name} | {fmt(ce)} | {ce['n']} | {fmt(acc, '.3f')} | {read} |")
     ratio = {name: metrics["test_ce"][name]["median"] / base for name in cfg.models}
     below = [name for name in cfg.models if ratio[name] < 0.5] or ["none"]

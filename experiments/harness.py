@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-NOT_EXPERIMENTS = {"harness", "__main__", "demo", "training"}
+NOT_EXPERIMENTS = {"harness", "__main__", "demo", "training", "seed_stats"}  # helpers
 
 
 def experiment_names() -> list[str]:

@@ -15,7 +15,7 @@ PyTorch's default initialisation. Models:
 Test accuracy on the 1000 test sequences is logged every ``log_every`` steps and reported at
 the end. Training batches are drawn with replacement (the authors shuffle epochs), one seed per
 vmapped copy of the model; every number is reported as the median and interquartile range over
-seeds (``experiments.training.spread``).
+seeds (``experiments.seed_stats.spread``).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import ClassVar
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import harness, training
+from experiments import harness, seed_stats, training
 from rnn_jax import plotting
 from rnn_jax.cells import GRU, LSTM, Elman, get_cell, initializers, lead, torch_like
 from rnn_jax.model import SequenceModel
@@ -130,10 +130,10 @@ def run(cfg: Config) -> dict:
         best = np.max(np.asarray(hist["test_accuracy"], float), axis=0).tolist()  # [S]
         for key, values in (("test_accuracy", final), ("best_test_accuracy", best)):
             out[f"{key}_per_seed"][name] = values
-            out[f"{key}_spread"][name] = training.spread(values)
+            out[f"{key}_spread"][name] = seed_stats.spread(values)
             out[key][name] = out[f"{key}_spread"][name]["median"]
-        out["curves"][name] = {"step": hist["step"], "loss": training.per_seed(hist, "loss"),
-                               "test_accuracy": training.per_seed(hist, "test_accuracy")}
+        out["curves"][name] = {"step": hist["step"], "loss": seed_stats.per_seed(hist, "loss"),
+                               "test_accuracy": seed_stats.per_seed(hist, "test_accuracy")}
     out["chance_accuracy"] = 1.0 / task.num_classes
     out["published"] = dict(PUBLISHED)
     return out
@@ -147,7 +147,7 @@ def figures(metrics: dict, cfg: Config, out_dir) -> list:
         for i, name in enumerate(cfg.models):
             curves = metrics["curves"][name]
             for ax, key in ((ax_acc, "test_accuracy"), (ax_loss, "loss")):
-                q1, med, q3 = training.curve_spread(curves[key])
+                q1, med, q3 = seed_stats.curve_spread(curves[key])
                 ax.plot(curves["step"], med, color=f"C{i}", lw=1.2, label=name)
                 ax.fill_between(curves["step"], q1, q3, color=f"C{i}", alpha=0.2)
         for name, acc in PUBLISHED.items():
@@ -173,8 +173,8 @@ def report(metrics: dict, cfg: Config) -> str:
         seeds = ", ".join(f"{a:.3f}" for a in metrics["test_accuracy_per_seed"][name])
         final, best = (metrics[k][name] for k in ("test_accuracy_spread",
                                                   "best_test_accuracy_spread"))
-        lines.append(f"| {name} | {final['n']} | {training.format_spread(final, '.3f')} | "
-                     f"{training.format_spread(best, '.3f')} | {seeds} | "
+        lines.append(f"| {name} | {final['n']} | {seed_stats.format_spread(final, '.3f')} | "
+                     f"{seed_stats.format_spread(best, '.3f')} | {seeds} | "
                      f"{pub.get(name, '-')} |")
     lines += ["", "The published GRU is the authors' bidirectional GRU (hidden 6 per direction, "
               "flattened outputs)."]

@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import harness, training
+from experiments import harness, seed_stats, training
 from rnn_jax import diagnostics as dg
 from rnn_jax.cells import CELLS, GRU, LSTM, Elman, IndRNN, get_cell, irnn, torch_like
 from rnn_jax.model import SequenceModel
@@ -203,13 +203,13 @@ def run(cfg: Config) -> dict:
             losses = ev["loss"].tolist()
             results[problem]["models"][name] = {
                 "test_loss_per_seed": losses,
-                "test_loss": training.spread(losses),
+                "test_loss": seed_stats.spread(losses),
                 "normalized": float(np.nanmedian(losses) / task.baseline),
                 "horizon_init_per_seed": np.asarray(h0).tolist(),
                 "horizon_trained_per_seed": np.asarray(h1).tolist(),
                 "horizon_init": float(np.median(np.asarray(h0))),
                 "horizon_trained": float(np.median(np.asarray(h1))),
-                "curve": {"step": hist["step"], "loss": training.per_seed(hist, "loss")},
+                "curve": {"step": hist["step"], "loss": seed_stats.per_seed(hist, "loss")},
             }
     return {"problems": results, "ranking": ranking(results)}
 
@@ -238,7 +238,7 @@ def figures(metrics: dict, cfg: Config, out_dir) -> list:
             r = metrics["problems"][problem]
             for i, (name, v) in enumerate(r["models"].items()):
                 ys = v["curve"]["loss"]  # [S][records]
-                q1, med, q3 = training.curve_spread(ys)
+                q1, med, q3 = seed_stats.curve_spread(ys)
                 color = colors(i % 20)  # 14+ models: tab20 keeps them apart (C0-C9 repeat)
                 ax.plot(v["curve"]["step"], med, color=color, lw=1.2, label=name)
                 ax.fill_between(v["curve"]["step"], q1, q3, color=color, alpha=0.2)

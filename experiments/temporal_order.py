@@ -14,7 +14,7 @@ is logged through training together with the loss and the pre-clipping gradient 
 the signature of the authors' runs: a plateau at chance (cross-entropy ln 4) with small
 gradients, then a sudden drop of the loss while the gradient norm grows by orders of magnitude.
 All seeds of one (T, clip) setting train in one compiled, vmapped program. Over seeds the report
-gives the success rate and the test error as median [Q1, Q3] (``training.spread``); the
+gives the success rate and the test error as median [Q1, Q3] (``seed_stats.spread``); the
 per-seed values stay in results.json.
 """
 
@@ -27,7 +27,7 @@ import os
 import jax
 import numpy as np
 
-from experiments import harness, training
+from experiments import harness, seed_stats, training
 from rnn_jax import plotting
 from rnn_jax.cells import Elman
 from rnn_jax.model import SequenceModel
@@ -104,8 +104,8 @@ def signature(history: dict, baseline: float) -> dict:
     chunk-mean gradient norm before it (the plateau) and the largest from 5 records before it
     on (the burst of learning); their ratio is the paper's "~100x"."""
     steps = np.asarray(history["step"])
-    loss = np.asarray(training.per_seed(history, "loss"), float)
-    norm = np.asarray(training.per_seed(history, "grad_norm"), float)
+    loss = np.asarray(seed_stats.per_seed(history, "loss"), float)
+    norm = np.asarray(seed_stats.per_seed(history, "grad_norm"), float)
     onset, plateau, peak = [], [], []
     for s in range(loss.shape[0]):
         below = np.flatnonzero(loss[s] < baseline / 2)
@@ -143,13 +143,13 @@ def run(cfg: Config) -> dict:
             errors = np.clip(training.evaluate(model, task, state.params, batches)["error"],
                              0.0, 1.0)
             out["test_error"][mode][t] = errors.tolist()
-            out["test_error_spread"][mode][t] = training.spread(errors)
+            out["test_error_spread"][mode][t] = seed_stats.spread(errors)
             out["success_rate"][mode][t] = float(np.mean(errors < cfg.success_error))
             out["final_spectral_radius"][mode][t] = hist["spectral_radius"][-1]
             out["fraction_clipped"][mode][t] = np.mean(hist["clipped"], axis=0).tolist()
             out["signature"][mode][t] = signature(hist, task.baseline)
             out["curves"][mode][t] = {"step": hist["step"], **{
-                k: training.per_seed(hist, k)
+                k: seed_stats.per_seed(hist, k)
                 for k in ("loss", "grad_norm", "grad_norm_max", "spectral_radius")}}
     out["baseline"] = baseline
     out["chance_loss"] = math.log(2 ** cfg.num_bits)
@@ -176,7 +176,7 @@ def figures(metrics: dict, cfg: Config, out_dir) -> list:
                 curves = metrics["curves"][mode][t]
                 for row, (name, label, scale) in enumerate(rows):
                     ax = axes[row, col]
-                    q1, med, q3 = training.curve_spread(curves[name])
+                    q1, med, q3 = seed_stats.curve_spread(curves[name])
                     ax.plot(curves["step"], med, lw=1.2, color="C0",
                             label=f"median of {cfg.num_seeds} seeds")
                     ax.fill_between(curves["step"], q1, q3, color="C0", alpha=0.25,
@@ -208,9 +208,9 @@ def report(metrics: dict, cfg: Config) -> str:
             err = metrics["test_error_spread"][mode][t]
             loss = metrics["curves"][mode][t]["loss"]
             final = float(np.nanmedian(np.asarray(loss, float)[:, -1]))
-            read = training.reading(final / metrics["chance_loss"], training.trend(loss))
+            read = seed_stats.reading(final / metrics["chance_loss"], seed_stats.trend(loss))
             lines.append(f"| {t} | {label} | {metrics['success_rate'][mode][t]:.2f} | "
-                         f"{training.format_spread(err, '.3f')} | {err['n']} | {read} |")
+                         f"{seed_stats.format_spread(err, '.3f')} | {err['n']} | {read} |")
     lines += ["", "Pascanu et al. (2013), qualitatively (their success-rate figure, recalled, not "
               "exact numbers): tanh RNN with 50 hidden units, SGD, lengths 50 to 200 and more, "
               "success rate over several runs per length. With clipping (SGD-C) most runs "

@@ -101,12 +101,15 @@ def _time_major_inputs(cell, params, xs, carry, lengths, mask, time_major):
     # float32 at least (bf16 compute accumulates in float32), float64 for float64 inputs or
     # params: the scan carry must keep the dtype the cell's update produces.
     carry_dtype = jnp.result_type(jnp.float32, xs.dtype, *jax.tree.leaves(params))
+    return xs_tm, _initial_carry(cell, carry, batch_shape, carry_dtype), m_tm
+
+
+def _initial_carry(cell, carry, batch_shape, dtype):
+    """The given carry, checked and cast to ``dtype``, or the cell's zeros."""
     if carry is None:
-        carry = cell.initial_carry(batch_shape, carry_dtype)
-    else:
-        check_carry(cell, carry, batch_shape, carry_dtype)
-        carry = jax.tree.map(lambda c: jnp.asarray(c, carry_dtype), carry)
-    return xs_tm, carry, m_tm
+        return cell.initial_carry(batch_shape, dtype)
+    check_carry(cell, carry, batch_shape, dtype)
+    return jax.tree.map(lambda c: jnp.asarray(c, dtype), carry)
 
 
 # -- the runner ------------------------------------------------------------------------------
@@ -320,16 +323,18 @@ def _pallas_bidirectional(fwd_cell, bwd_cell, params, xs, carries, *, lengths, m
                           time_major, return_carries):
     """Both directions in one Pallas launch per pass, with ``rnn``'s semantics (arguments
     checked by ``_one_launch``)."""
-    cells, dir_params = (fwd_cell, bwd_cell), (params["fwd"], params["bwd"])
-    prepared = [_time_major_inputs(cell, p, xs, c, lengths, mask, time_major)
-                for cell, p, c in zip(cells, dir_params, carries, strict=True)]
-    (xs_tm, c_f, m_tm), (_, c_b, _) = prepared
-    outs = pallas.run_bidirectional(cells, dir_params, xs_tm, (c_f, c_b), m_tm)
+    # one state dtype for both directions (that of all the params), as the kernels share it
+    xs_tm, c_f, m_tm = _time_major_inputs(fwd_cell, params, xs, carries[0], lengths, mask,
+                                          time_major)
     lead = xs_tm.ndim - 2  # batch axes
+    c_b = _initial_carry(bwd_cell, carries[1], xs_tm.shape[1:-1], jnp.result_type(
+        *jax.tree.leaves(c_f)))
+    outs = pallas.run_bidirectional((fwd_cell, bwd_cell), (params["fwd"], params["bwd"]),
+                                    xs_tm, (c_f, c_b), m_tm)
     if not time_major:
         outs = [(jnp.moveaxis(hs, 0, -2), final,
-                 jax.tree.map(lambda c: jnp.moveaxis(c, 0, lead), carries))
-                for hs, final, carries in outs]
+                 jax.tree.map(lambda c: jnp.moveaxis(c, 0, lead), every))
+                for hs, final, every in outs]
     (hs_f, fin_f, all_f), (hs_b, fin_b, all_b) = outs
     hs = merge_directions(hs_f, hs_b, merge)
     if return_carries:

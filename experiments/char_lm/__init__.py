@@ -30,7 +30,7 @@ characters); larger runs take flags (e.g. ``--hidden_size 512 --num_steps 20000`
 Seeds: ``num_seeds`` models per architecture, one per key (their initialisations differ; the
 streams and window order are the same for all), trained as one vmapped program; test and
 training bits per character and the clipped fraction are reported as the median and
-interquartile range over seeds (``experiments.training.spread``), curves as the median with an
+interquartile range over seeds (``experiments.seed_stats.spread``), curves as the median with an
 interquartile band.
 
 Sample: ``sample_length`` characters generated after ``prompt`` at temperature
@@ -52,7 +52,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import harness, training
+from experiments import harness, seed_stats, training
 from rnn_jax.cells import GRU, LSTM, Elman, get_cell
 from rnn_jax.model import SequenceModel
 from rnn_jax.tasks import shakespeare_task, shakespeare_works, streams
@@ -296,7 +296,7 @@ def run(cfg: Config) -> dict:
         for key, values in (("test_bpc", test), ("final_train_bpc", train_bpc),
                             ("clip_fraction", clipped)):
             out[f"{key}_per_seed"][name] = _finite(values)
-            out[f"{key}_spread"][name] = training.spread(values)
+            out[f"{key}_spread"][name] = seed_stats.spread(values)
             out[key][name] = out[f"{key}_spread"][name]["median"]
         seed0 = jax.tree.map(lambda x: x[0], state.params)
         out["num_params"][name] = count_params(seed0)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from experiments import training
+from experiments import seed_stats
 
 if TYPE_CHECKING:
     from experiments.char_lm import Config
@@ -30,7 +30,7 @@ def figures(metrics: dict, cfg: Config, out_dir) -> list:
                                            "label": f"{name} validation"}),
                     (ax_g, "grad_norm", 1.0, {"label": f"{name} median"}),
                     (ax_g, "grad_norm_max", 1.0, {"ls": ":", "label": f"{name} max"})):
-                q1, med, q3 = training.curve_spread(training.per_seed(
+                q1, med, q3 = seed_stats.curve_spread(seed_stats.per_seed(
                     {key: [[np.nan if v is None else v for v in r] for r in h[key]]}, key))
                 axis.plot(h["step"], med / scale, color=f"C{i}", **kw)
                 axis.fill_between(h["step"], q1 / scale, q3 / scale, color=f"C{i}", alpha=0.15)
@@ -70,9 +70,9 @@ def report(metrics: dict, cfg: Config) -> str:
         test, tr, clip = (metrics[f"{k}_spread"][name] for k in ("test_bpc", "final_train_bpc",
                                                                   "clip_fraction"))
         lines.append(f"| {name} | {metrics['num_params'][name]:,} | {test['n']} | "
-                     f"{training.format_spread(test, '.3f')} | "
-                     f"{training.format_spread(tr, '.3f')} | "
-                     f"{training.format_spread(clip, '.2%')} |")
+                     f"{seed_stats.format_spread(test, '.3f')} | "
+                     f"{seed_stats.format_spread(tr, '.3f')} | "
+                     f"{seed_stats.format_spread(clip, '.2%')} |")
     lines += [
         f"| unigram baseline | {metrics['vocab_size'] - 1} | | {metrics['unigram_bpc']:.3f} | | |",
         f"| uniform, log2 V | 0 | | {metrics['uniform_bpc']:.3f} | | |",

@@ -22,7 +22,7 @@ at w = ``wall_w``, ``num_starts`` points are drawn on the wall (w uniform from `
 over the part of ``w_range`` where x_0 is a repelling fixed point, b where ||grad E|| peaks on a
 fine line across the closed-form wall), each descended with and without clipping, and the first
 step's length and the final loss are reported as the median and interquartile range over them
-(``experiments.training.spread``).
+(``experiments.seed_stats.spread``).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from experiments import training
+from experiments import seed_stats
 from rnn_jax import diagnostics as dg
 from rnn_jax.training.train import OptimizerConfig, make_optimizer
 
@@ -223,7 +223,7 @@ def descend_from_starts(cfg: Config) -> dict:
         path, e, _ = jax.device_get(jax.vmap(lambda t, c=clip: descend(t, cfg, c))(starts))
         per_start = {"first_jump": np.linalg.norm(path[:, 1] - path[:, 0], axis=-1),
                      "final_loss": np.asarray(e[:, -1])}
-        out[name] = {k: {"per_start": v.tolist(), "spread": training.spread(v)}
+        out[name] = {k: {"per_start": v.tolist(), "spread": seed_stats.spread(v)}
                      for k, v in per_start.items()}
     return out
 

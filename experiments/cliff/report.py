@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from experiments import training
+from experiments import seed_stats
 from experiments.cliff import evaluate, grid_points
 
 if TYPE_CHECKING:
@@ -154,7 +154,7 @@ def report(metrics: dict, cfg: Config) -> str:
         "| descent | starts | first step |Δθ| | final E |",
         "|---|---|---|---|",
         *(f"| {name} | {st[name]['first_jump']['spread']['n']} | "
-          f"{training.format_spread(st[name]['first_jump']['spread'])} | "
-          f"{training.format_spread(st[name]['final_loss']['spread'])} |"
+          f"{seed_stats.format_spread(st[name]['first_jump']['spread'])} | "
+          f"{seed_stats.format_spread(st[name]['final_loss']['spread'])} |"
           for name in ("unclipped", "clipped")),
     ])

@@ -33,7 +33,7 @@ traced value of the optimizer). A run has *diverged* when a step had a non-finit
 gradient (such steps are skipped, ``rnn_jax.training.train``) or its test MSE ends above
 ``divergence_factor`` x the baseline 1/6. Final loss: test MSE on ``eval_examples`` fresh
 sequences, median and interquartile range over the seeds whose loss is finite
-(``experiments.training.spread``; a diverged seed would dominate a mean), with the number of
+(``experiments.seed_stats.spread``; a diverged seed would dominate a mean), with the number of
 such seeds and of diverged ones beside it; the clipped fraction likewise.
 """
 
@@ -50,7 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from experiments import harness, training
+from experiments import harness, seed_stats, training
 from rnn_jax.cells import Elman
 from rnn_jax.model import SequenceModel
 from rnn_jax.tasks import Adding
@@ -274,7 +274,7 @@ def run(cfg: Config) -> dict:
         per_seed = lengths @ clipped[:, i] / lengths.sum()  # [S]
         for name, values in (("final_loss", test_mse[i]), ("clip_fraction", per_seed)):
             out[f"{name}_per_seed"][k] = values.tolist()
-            out[f"{name}_spread"][k] = training.spread(values)
+            out[f"{name}_spread"][k] = seed_stats.spread(values)
             out[name][k] = out[f"{name}_spread"][k]["median"]
         out["diverged"][k] = bool(np.any(diverged[i]))
         out["diverged_per_seed"][k] = diverged[i].tolist()

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from experiments import training
+from experiments import seed_stats
 from experiments.clipping_sweep import metric_key
 
 if TYPE_CHECKING:
@@ -132,8 +132,8 @@ def report(metrics: dict, cfg: Config) -> str:
         tau = "none" if k == "inf" else f"{metrics['threshold'][k]:.3g}"
         loss, frac = metrics["final_loss_spread"][k], metrics["clip_fraction_spread"][k]
         lines.append(f"| {'∞' if k == 'inf' else k} | {tau} | {loss['n']}/{cfg.num_seeds} | "
-                     f"{training.format_spread(loss)} | {seeds} | "
-                     f"{training.format_spread(frac, '.3f')} | {ndiv}/{cfg.num_seeds} |")
+                     f"{seed_stats.format_spread(loss)} | {seeds} | "
+                     f"{seed_stats.format_spread(frac, '.3f')} | {ndiv}/{cfg.num_seeds} |")
     lines += ["", "Pascanu, Mikolov & Bengio (2013), Sec. 3.2: set τ from the average norm of "
               "unclipped updates; in their experiments training was not very sensitive to τ "
               "and worked even for rather small thresholds (they give no table of τ). "

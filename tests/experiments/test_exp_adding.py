@@ -9,7 +9,7 @@ import json  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from experiments import harness, training  # noqa: E402
+from experiments import harness, seed_stats  # noqa: E402
 
 pytest.importorskip("matplotlib")
 
@@ -36,17 +36,17 @@ def test_smoke_writes_test_mse_spread_per_model(tmp_path):
     # the table shows each model's spread as the shared formatter writes it
     for name in cfg["models"]:
         for t in cfg["seq_lens"]:
-            assert training.format_spread(m["test_mse"][name][str(t)]) in report
+            assert seed_stats.format_spread(m["test_mse"][name][str(t)]) in report
 
 
 def test_trend_is_below_one_for_a_falling_curve_and_one_for_a_flat_one():
     falling = [np.linspace(1.0, 0.1, 40).tolist()] * 3
-    assert training.trend(falling) < 0.5
-    assert training.trend([[0.2] * 40, [0.3] * 40, [0.25] * 40]) == pytest.approx(1.0)
-    assert training.reading(0.1, 1.0).startswith("learnt")
-    assert "still falling" in training.reading(0.9, 0.5)
-    assert "plateau" in training.reading(1.0, 1.0)
-    assert "diverged" in training.reading(float("nan"), 1.0)
+    assert seed_stats.trend(falling) < 0.5
+    assert seed_stats.trend([[0.2] * 40, [0.3] * 40, [0.25] * 40]) == pytest.approx(1.0)
+    assert seed_stats.reading(0.1, 1.0).startswith("learnt")
+    assert "still falling" in seed_stats.reading(0.9, 0.5)
+    assert "plateau" in seed_stats.reading(1.0, 1.0)
+    assert "diverged" in seed_stats.reading(float("nan"), 1.0)
 
 
 def test_unknown_model_is_refused_before_running():

@@ -9,7 +9,7 @@ import json  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from experiments import harness, training  # noqa: E402
+from experiments import harness, seed_stats  # noqa: E402
 
 pytest.importorskip("matplotlib")
 
@@ -53,7 +53,7 @@ def test_smoke_run_writes_results_and_shows_the_cliff(tmp_path):
     report = (out / "report.md").read_text()
     assert "clipped" in report
     s = starts["clipped"]["first_jump"]["spread"]
-    assert f"| clipped | {cfg['num_starts']} | {training.format_spread(s)} |" in report
+    assert f"| clipped | {cfg['num_starts']} | {seed_stats.format_spread(s)} |" in report
 
 
 def test_model_is_the_papers_recurrence():

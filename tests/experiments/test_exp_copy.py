@@ -15,7 +15,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from experiments import harness, training  # noqa: E402
+from experiments import harness, seed_stats  # noqa: E402
 
 pytest.importorskip("matplotlib")
 
@@ -37,7 +37,7 @@ def test_smoke_writes_test_ce_per_model(tmp_path):
             q1, med, q3 = np.percentile(values, [25, 50, 75])
             assert summary == pytest.approx({"median": med, "q1": q1, "q3": q3,
                                              "n": cfg["num_seeds"]})
-        assert training.format_spread(m["test_ce"][name]) in report
+        assert seed_stats.format_spread(m["test_ce"][name]) in report
     assert "median [Q1, Q3]" in report and "LSTM at this delay" in report
     assert (out / "loss_curves.png").read_bytes()[:4] == b"\x89PNG"
 

@@ -11,7 +11,7 @@ import shutil  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from experiments import harness, training  # noqa: E402
+from experiments import harness, seed_stats, training  # noqa: E402
 
 pytest.importorskip("matplotlib")
 
@@ -50,7 +50,7 @@ def test_smoke_writes_results_and_resumes_exactly(tmp_path, monkeypatch):
     report = (out / "report.md").read_text()
     assert "no clip" in report and "median [Q1, Q3]" in report
     assert f"T = {t}: with clipping" in report  # the verdict
-    assert training.format_spread(m["test_error_spread"]["clip"][str(t)], ".3f") in report
+    assert seed_stats.format_spread(m["test_error_spread"]["clip"][str(t)], ".3f") in report
 
     # interrupt: drop every checkpoint after the first, then run again from the same directory
     first_ckpt = cfg["checkpoint_every"]
