@@ -10,7 +10,7 @@ ptxas) for the target, reporting the shared memory, registers and spill bytes pe
 ``python -m rnn_jax.bench.gpu_compile --write rnn_jax/loops/gpu_fit_table.py`` measures every
 kernel configuration (cell, padded H, U's dtype; U resident or streamed; warps) and writes the
 fit table that ``method="auto"`` reads (``rnn_jax.loops.gpu_fit``). Needs ``triton``
-(``pip install -e .[gpu-check]``); takes about twenty minutes on two cores.
+(``pip install -e .[gpu-check]``); took six minutes on two cores (jax 0.11.2, triton 3.6).
 """
 
 from __future__ import annotations

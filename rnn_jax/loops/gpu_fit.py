@@ -11,7 +11,7 @@ padded H, U's storage dtype); anything else falls back to the scan paths.
 Two kinds of kernel are measured per key (``pallas_launch.Kernel.resident``): U resident on chip
 for the whole loop, and U streamed one gate block per product (from L2, every step), which needs
 a fraction of the shared memory and so fits where the resident one cannot (LSTM H = 128 in
-float32: 278,528 bytes resident, 73,728 streamed).
+float32: 278,528 bytes resident, as the H200 reported, against 73,728 streamed).
 
 ``method="auto"`` takes a *resident* kernel wherever one fits: on the H200 they measured 1.9-5.5x
 faster than the fused scan wherever they were timed (``benchmarks/h200/gpu_check``). It takes a
@@ -31,7 +31,8 @@ from rnn_jax.loops.pallas_launch import Kernel, padded_hidden
 
 SHARED_MEMORY_LIMIT = 232_448  # bytes of shared memory one block may use on sm_90 (227 KiB)
 # (cell, padded H, storage dtype) where a GPU measured the streamed kernel faster than what auto
-# runs without it; none yet: no GPU has run them (make gpu-check times them as rnn_jax:pallas)
+# runs without it; none yet: no GPU has run them (make gpu-check times them as
+# rnn_jax:pallas-streamed)
 STREAMED_FOR_AUTO: frozenset = frozenset()
 
 
