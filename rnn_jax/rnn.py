@@ -305,6 +305,8 @@ def _one_launch(fwd_cell, bwd_cell, params, xs, method, return_carries, remat,
     arguments first when they might."""
     if method not in ("auto", "pallas") or remat:
         return False
+    if method == "auto" and not gpu_fit.targets_gpu():  # auto runs no kernel: checked by rnn
+        return False
     if not all(pallas.supported(c) for c in (fwd_cell, bwd_cell)):
         return False
     for cell, p in ((fwd_cell, params["fwd"]), (bwd_cell, params["bwd"])):
