@@ -29,11 +29,13 @@ from rnn_jax.bench import equivalence, harness, peers
 from rnn_jax.loops import cudnn
 
 # in order of priority: past a point's share of the budget, the later ones are skipped.
-# rnn_jax (auto) runs the resident kernel wherever one fits and pallas-streamed the streamed one
-# wherever that fits (method='pallas' would repeat one of the two)
-TIMED = ("rnn_jax", "torch", "torch:tf32", "rnn_jax:scan", "rnn_jax:fused",
-         "rnn_jax:pallas-streamed", "rnn_jax:cudnn", "jax_experimental_rnn", "flax_linen",
-         "rnn_jax:quasi_deer", "rnn_jax:auto-highest", "rnn_jax:deer")
+# rnn_jax (auto) runs its choice; the three kernel kinds are timed each (where one fits), so
+# that rnn_jax.bench.gpu_speed can set auto's choice from the records (method='pallas' would
+# repeat one of them)
+TIMED = ("rnn_jax", "torch", "torch:tf32", "rnn_jax:fused", "rnn_jax:pallas-resident",
+         "rnn_jax:pallas-prefetch", "rnn_jax:pallas-streamed", "rnn_jax:scan", "rnn_jax:cudnn",
+         "jax_experimental_rnn", "flax_linen", "rnn_jax:quasi_deer", "rnn_jax:auto-highest",
+         "rnn_jax:deer")
 # DEER's dense Jacobians hold B*T*S*S floats (S: the state size, 2H for the LSTM): above this
 # many it is skipped, not attempted. quasi-DEER too: its forward solve is diagonal, but its exact
 # derivative (rnn_jax.loops.deer) uses the full Jacobians (found on the H200: 48 GiB requested

@@ -207,7 +207,8 @@ def rnn(cell, params, xs, carry=None, *, lengths=None, mask=None, reverse=False,
         hs, final = cudnn.run(params, xs_tm, carry, lengths, reverse=reverse)
         return (hs if time_major else jnp.moveaxis(hs, 0, -2)), final
     if path == "pallas":
-        hs, final, carries = pallas.run(cell, params, xs_tm, carry, m_tm, reverse=reverse)
+        hs, final, carries = pallas.run(cell, params, xs_tm, carry, m_tm, reverse=reverse,
+                                        kernel=_auto_kernel(method, cell, carry_dtype))
         if not time_major:
             hs = jnp.moveaxis(hs, 0, -2)
             carries = jax.tree.map(lambda c: jnp.moveaxis(c, 0, len(batch_shape)), carries)
@@ -286,7 +287,7 @@ def bidirectional(fwd_cell, bwd_cell, params, xs, carry=None, *, lengths=None, m
                                     mask=mask, merge=merge, time_major=time_major, remat=remat)
     if _one_launch(fwd_cell, bwd_cell, params, xs, method, return_carries, remat, time_major):
         return _pallas_bidirectional(fwd_cell, bwd_cell, params, xs, (c_f, c_b),
-                                     lengths=lengths, mask=mask, merge=merge,
+                                     lengths=lengths, mask=mask, merge=merge, method=method,
                                      time_major=time_major, return_carries=return_carries)
     kw = dict(lengths=lengths, mask=mask, time_major=time_major, unroll=unroll,
               return_carries=return_carries, remat=remat, method=method)
@@ -321,18 +322,25 @@ def _one_launch(fwd_cell, bwd_cell, params, xs, method, return_carries, remat,
                             dtype=dtype) == "pallas"
 
 
+def _auto_kernel(method, cell, dtype):
+    """The kernel ``auto`` chose (``gpu_fit.kernel_for``); None lets ``method="pallas"`` run
+    the first that fits."""
+    return gpu_fit.kernel_for(cell, dtype) if method == "auto" else None
+
+
 def _pallas_bidirectional(fwd_cell, bwd_cell, params, xs, carries, *, lengths, mask, merge,
-                          time_major, return_carries):
+                          method, time_major, return_carries):
     """Both directions in one Pallas launch per pass, with ``rnn``'s semantics (arguments
     checked by ``_one_launch``)."""
     # one state dtype for both directions (that of all the params), as the kernels share it
     xs_tm, c_f, m_tm = _time_major_inputs(fwd_cell, params, xs, carries[0], lengths, mask,
                                           time_major)
     lead = xs_tm.ndim - 2  # batch axes
-    c_b = _initial_carry(bwd_cell, carries[1], xs_tm.shape[1:-1], jnp.result_type(
-        *jax.tree.leaves(c_f)))
+    dtype = jnp.result_type(*jax.tree.leaves(c_f))
+    c_b = _initial_carry(bwd_cell, carries[1], xs_tm.shape[1:-1], dtype)
     outs = pallas.run_bidirectional((fwd_cell, bwd_cell), (params["fwd"], params["bwd"]),
-                                    xs_tm, (c_f, c_b), m_tm)
+                                    xs_tm, (c_f, c_b), m_tm,
+                                    kernel=_auto_kernel(method, fwd_cell, dtype))
     if not time_major:
         outs = [(jnp.moveaxis(hs, 0, -2), final,
                  jax.tree.map(lambda c: jnp.moveaxis(c, 0, lead), every))

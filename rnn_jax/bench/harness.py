@@ -145,7 +145,8 @@ class Built(NamedTuple):
     ``step()`` runs one forward or train step on stored inputs and returns its outputs,
     ``sync(out)`` waits for the device, ``result(out)`` converts to the reference's layout;
     ``executable`` is ``(compiled, args)`` for a JAX implementation (``rnn_jax.bench.op_profile``
-    can then break its step down by XLA operation), else None.
+    can then break its step down by XLA operation), else None; ``kernel``: the
+    ``pallas_launch.Kernel`` fields of the Pallas launch the step runs, or None.
     """
 
     step: Any
@@ -157,6 +158,7 @@ class Built(NamedTuple):
     precision: str
     path: str
     executable: Any = None
+    kernel: dict | None = None
 
 
 class Skip(Exception):  # noqa: N818 - a reason, not an error
@@ -226,7 +228,7 @@ def record(name: str, problem: Problem, b: Built, seconds: list, max_err: float,
         "matmul": matmul(b.precision, jax.default_backend()),
         "ms_min": float(ms.min()), "ms_q25": q25, "ms_q75": q75, "repeats": len(seconds),
         "calls_per_sample": calls_per_sample,
-        "max_rel_err": max_err, "path": b.path,
+        "max_rel_err": max_err, "path": b.path, "kernel": b.kernel,
     }
 
 

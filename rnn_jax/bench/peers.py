@@ -4,7 +4,9 @@
     rnn_jax:<variant>       other options, ``<method>[-u<unroll>][-highest]``, e.g. ``scan-u8``;
                             method in auto, scan, fused, pallas, cudnn, deer, quasi_deer;
                             ``pallas-resident`` / ``pallas-streamed``: the kernel with U kept
-                            on chip / streamed a gate block at a time (``Kernel.resident``)
+                            on chip / streamed a gate block at a time (``Kernel.resident``);
+                            ``pallas-prefetch``: U resident, each step's inputs read a step
+                            ahead (``Kernel.prefetch``)
     flax_linen              ``nn.RNN`` over SimpleCell / OptimizedLSTMCell / GRUCell
     torch                   ``nn.RNN/LSTM/GRU`` in float32 (cuDNN on a GPU with TF32 off)
     torch:tf32              the same with TF32 allowed (GPU only)
@@ -14,11 +16,14 @@ All take the reference's weights (``rnn_jax`` layout, converted) and inputs and 
 in the reference's layout, so ``rnn_jax.bench.harness.run_point`` can check them before timing.
 An rnn_jax record's ``path`` is read from the compiled program where a kernel shows there (a
 Triton or Mosaic GPU custom call: Pallas; cuDNN's RNN call: cuDNN), else it is the runner's
-choice for the method (``fused`` or ``scan``; Pallas off a GPU runs in interpret mode).
+choice for the method (``fused`` or ``scan``; Pallas off a GPU runs in interpret mode); where
+Pallas runs, its ``kernel`` is the launch configuration (``pallas_launch.Kernel``'s fields),
+which ``rnn_jax.bench.gpu_speed`` turns into ``auto``'s measured choice.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import re
 import time
@@ -33,8 +38,8 @@ from rnn_jax.loops import cudnn, fused, gpu_fit, pallas
 from rnn_jax.loops.pallas_launch import Kernel
 
 METHODS = ("auto", "scan", "fused", "pallas", "cudnn", "deer", "quasi_deer")
-_VARIANT = re.compile(r"^(?P<method>" + "|".join(METHODS)
-                      + r")(?P<u>-resident|-streamed)?(-u(?P<unroll>\d+))?(?P<hi>-highest)?$")
+_VARIANT = re.compile(r"^(?P<method>" + "|".join(METHODS) + r")"
+                      r"(?P<u>-resident|-streamed|-prefetch)?(-u(?P<unroll>\d+))?(?P<hi>-highest)?$")
 # custom-call targets in a compiled program that name the kernel that ran
 KERNEL_CALLS = (("dnn_rnn", "cudnn"), ("triton", "pallas (Triton)"),
                 ("mosaic_gpu", "pallas (Mosaic GPU)"))
@@ -95,8 +100,9 @@ def rnn_jax(variant: str = ""):
     method, unroll = match["method"], int(match["unroll"] or 1)
     precision = "highest" if match["hi"] else "default"
     if match["u"] and method != "pallas":
-        raise ValueError(f"rnn_jax variant {variant!r}: -resident/-streamed apply to pallas only")
-    resident = None if not match["u"] else match["u"] == "-resident"
+        raise ValueError(f"rnn_jax variant {variant!r}: -resident/-streamed/-prefetch apply to "
+                         "pallas only")
+    kind = match["u"] and match["u"][1:]  # None: the runner's own choice
 
     def build(problem, data):
         cell = problem.rj_cell
@@ -109,37 +115,46 @@ def rnn_jax(variant: str = ""):
         def forward(p, x):
             return rj.rnn(cell, p, x, method=method, unroll=unroll)[0]
 
-        kernel = None if resident is None else _pallas_kernel(cell, resident)
+        kernel = None if kind is None else _pallas_kernel(cell, kind)
         if kernel is not None:
             forward = _pallas_forward(cell, kernel)
 
         compiled, params, xs, compile_s, peak = _jax_built(problem, data, forward, precision)
         path = ran_path(method, cell, data["params"], compiled.as_text())
-        if path.startswith("pallas"):  # which kernel: pallas.run's own choice unless fixed
-            path += _kernel_label(kernel or gpu_fit.pallas_kernel_for(cell, jnp.float32))
+        if path.startswith("pallas"):  # which kernel: the runner's own choice unless fixed
+            kernel = kernel or (gpu_fit.kernel_for if method == "auto"
+                                else gpu_fit.pallas_kernel_for)(cell, jnp.float32)
+            path += _kernel_label(kernel)
+        else:
+            kernel = None
         return Built(lambda: compiled(params, xs), jax.block_until_ready,
                      _jax_result(problem.mode), compile_s, peak, _device(), precision,
-                     f"{path}, unroll {unroll}", (compiled, (params, xs)))
+                     f"{path}, unroll {unroll}", (compiled, (params, xs)),
+                     None if kernel is None else dataclasses.asdict(kernel))
 
     return build
 
 
-def _pallas_kernel(cell, resident):
-    """The first fitting configuration of that kind in ``gpu_fit``'s table (on a GPU: none
-    fits -> Skip; off a GPU, in interpret mode, any configuration runs)."""
-    kernel = gpu_fit.pallas_kernel_for(cell, jnp.float32, resident=resident)
+def _pallas_kernel(cell, kind):
+    """The first fitting configuration of that kind ("resident", "streamed", "prefetch") in
+    ``gpu_fit``'s table (on a GPU: none fits -> Skip; off a GPU, in interpret mode, any
+    configuration runs)."""
+    resident, prefetch = kind != "streamed", kind == "prefetch"
+    kernel = gpu_fit.pallas_kernel_for(cell, jnp.float32, resident=resident, prefetch=prefetch)
     if kernel is None:
         if jax.default_backend() == "gpu":
-            raise Skip(f"no {'resident' if resident else 'streamed'} kernel fits "
-                       f"{type(cell).__name__} H={cell.hidden_size} (rnn_jax.loops.gpu_fit)")
-        kernel = Kernel(resident=resident)
+            raise Skip(f"no {kind} kernel fits {type(cell).__name__} H={cell.hidden_size} "
+                       "(rnn_jax.loops.gpu_fit)")
+        kernel = Kernel(resident=resident, prefetch=prefetch)
     return kernel
 
 
 def _kernel_label(kernel) -> str:
     if kernel is None:
         return ""
-    return f", {'resident' if kernel.resident else 'streamed'} U, {kernel.num_warps} warps"
+    prefetch = ", prefetch" if kernel.prefetch else ""
+    return (f", {'resident' if kernel.resident else 'streamed'} U{prefetch}, "
+            f"{kernel.num_warps} warps")
 
 
 def _pallas_forward(cell, kernel):

@@ -13,11 +13,14 @@ for the whole loop, and U streamed one gate block per product (from L2, every st
 a fraction of the shared memory and so fits where the resident one cannot (LSTM H = 128 in
 float32: 278,528 bytes resident, as the H200 reported, against 73,728 streamed).
 
-``method="auto"`` takes a *resident* kernel wherever one fits: on the H200 they measured 1.9-5.5x
-faster than the fused scan wherever they were timed (``benchmarks/h200/gpu_check``). It takes a
-*streamed* kernel only for the keys in ``STREAMED_FOR_AUTO``: those a GPU has timed faster than
-the alternative auto would otherwise run. ``method="pallas"`` runs the first kernel that fits,
-resident or streamed.
+``method="auto"`` takes, for a key a GPU has timed (``gpu_speed_table``, written by
+``rnn_jax.bench.gpu_speed`` from a ``make gpu-check`` run), the configuration measured fastest
+there if it beat the fused and plain scans at every timed size, and no kernel if none did; for
+a key not yet timed, a *resident* kernel wherever one fits: on the H200 resident kernels
+measured 1.9-5.5x faster than the fused scan wherever they were timed
+(``benchmarks/h200/gpu_check``). ``method="pallas"`` runs the first kernel that fits, resident
+before streamed. Configurations that read each step's inputs a step ahead (``Kernel.prefetch``)
+are measured for fit too, and run where a GPU timed them fastest, or where asked for.
 """
 
 from __future__ import annotations
@@ -26,14 +29,10 @@ import jax
 import jax.numpy as jnp
 
 from rnn_jax.cells import GRU, LSTM, Elman
-from rnn_jax.loops import gpu_fit_table
+from rnn_jax.loops import gpu_fit_table, gpu_speed_table
 from rnn_jax.loops.pallas_launch import Kernel, padded_hidden
 
 SHARED_MEMORY_LIMIT = 232_448  # bytes of shared memory one block may use on sm_90 (227 KiB)
-# (cell, padded H, storage dtype) where a GPU measured the streamed kernel faster than what auto
-# runs without it; none yet: no GPU has run them (make gpu-check times them as
-# rnn_jax:pallas-streamed)
-STREAMED_FOR_AUTO: frozenset = frozenset()
 
 
 def targets_gpu() -> bool:
@@ -77,15 +76,16 @@ def entry(cell, dtype):
     return None if key is None else gpu_fit_table.TABLE.get(key)
 
 
-def kernel_for_options(options, resident=None) -> Kernel | None:
+def kernel_for_options(options, resident=None, prefetch=False) -> Kernel | None:
     """The first measured configuration whose every kernel (forward, backward) fits.
 
     ``resident``: only resident (True) or streamed (False) configurations; None: either.
+    ``prefetch``: only those that read each step's inputs a step ahead (True) or not (False).
     """
     for option in options or ():
         kernel = option.get("kernel")
-        if kernel is None or (resident is not None
-                              and kernel.get("resident", True) != resident):
+        if (kernel is None or (resident is not None and kernel.get("resident", True) != resident)
+                or kernel.get("prefetch", False) != prefetch):
             continue
         if option["kernels"] and all(fits(r) for r in option["kernels"].values()):
             return Kernel(**kernel)
@@ -99,22 +99,35 @@ def key_of(cell, dtype):
                                       storage_dtype(cell, dtype))
 
 
-def kernel_for(cell, dtype, batch=None) -> Kernel | None:
+def kernel_for(cell, dtype, batch=None, choices=None) -> Kernel | None:
     """The kernel configuration ``auto`` runs for this cell and state dtype, or None.
 
-    A resident kernel where one fits; else a streamed one where ``STREAMED_FOR_AUTO`` lists the
-    key. Configurations are measured in order of preference (fewer warps first); ``batch`` is
-    accepted for a future choice of rows per program by measured speed.
+    ``choices``: the measured choice per key (default ``gpu_speed_table.CHOICES``). Where the
+    key has one whose kernel still fits, it (or None, where no kernel beat the scans); else
+    a resident kernel where one fits. Configurations are measured in order of preference
+    (fewer warps first); ``batch`` is accepted for a future choice of rows per program.
     """
     del batch
     options = entry(cell, dtype)
-    resident = kernel_for_options(options, resident=True)
-    if resident is None and key_of(cell, dtype) in STREAMED_FOR_AUTO:
-        return kernel_for_options(options, resident=False)
-    return resident
+    choice = (gpu_speed_table.CHOICES if choices is None else choices).get(key_of(cell, dtype))
+    if choice is not None:
+        if choice["kernel"] is None:
+            return None
+        kernel = Kernel(**choice["kernel"])
+        if _fits_now(options, kernel):
+            return kernel
+    return kernel_for_options(options, resident=True)
 
 
-def pallas_kernel_for(cell, dtype, resident=None) -> Kernel | None:
+def _fits_now(options, kernel) -> bool:
+    """Whether the fit table measured this very configuration and it fits."""
+    return any(Kernel(**o["kernel"]) == kernel and o["kernels"]
+               and all(fits(r) for r in o["kernels"].values())
+               for o in options or () if o.get("kernel") is not None)
+
+
+def pallas_kernel_for(cell, dtype, resident=None, prefetch=False) -> Kernel | None:
     """The kernel ``method="pallas"`` runs: the first that fits (resident before streamed), or
-    only resident / only streamed ones; None where none fits."""
-    return kernel_for_options(entry(cell, dtype), resident=resident)
+    only resident / only streamed ones, reading inputs a step ahead or not; None where none
+    fits."""
+    return kernel_for_options(entry(cell, dtype), resident=resident, prefetch=prefetch)

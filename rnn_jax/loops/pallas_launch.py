@@ -48,12 +48,16 @@ class Kernel:
       resident: U loaded once and kept on chip for all T steps (True), or streamed: each
         gate block U_k [H, H] loaded where a step uses it, every step, so that only one
         block at a time needs shared memory (``rnn_jax.loops.pallas_kernels._weights``).
+      prefetch: each step's inputs (the hoisted projection u_t, the mask, the stored states)
+        read one step ahead, at the top of the previous step, so their load latency overlaps
+        its products (``rnn_jax.loops.pallas_kernels._time_loop``); costs their registers.
     """
 
     block_b: int = MIN_BLOCK
     num_warps: int = 4
     num_stages: int = 1
     resident: bool = True
+    prefetch: bool = False
 
     def __post_init__(self):
         b = self.block_b
@@ -63,8 +67,10 @@ class Kernel:
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
-        if not isinstance(self.resident, bool):
-            raise TypeError(f"resident must be a bool (True or False), got {self.resident!r}")
+        for name in ("resident", "prefetch"):
+            v = getattr(self, name)
+            if not isinstance(v, bool):
+                raise TypeError(f"{name} must be a bool (True or False), got {v!r}")
 
 
 def padded_hidden(hidden: int) -> int:
@@ -119,7 +125,8 @@ def call(kernel, name, cfg: Kernel, ins, outs, dtype, directions=1, **static):
     programs = batch // cfg.block_b
     spec = functools.partial(_spec, block_b=cfg.block_b, directions=directions,
                              per_direction=programs // directions)
-    body = functools.partial(kernel, resident=cfg.resident, **static)
+    body = functools.partial(kernel, resident=cfg.resident, prefetch=cfg.prefetch,
+                             **static)
 
     def launch(interpret, *args):
         params = None if interpret else plgpu.CompilerParams(

@@ -178,14 +178,15 @@ def test_the_path_named_is_the_one_in_the_compiled_program():
 
 
 def test_kernel_kind_variants_name_pallas_only():
-    peers.get_builders(["rnn_jax:pallas-streamed-highest", "rnn_jax:pallas-resident-u2"])
+    peers.get_builders(["rnn_jax:pallas-streamed-highest", "rnn_jax:pallas-resident-u2",
+                        "rnn_jax:pallas-prefetch"])
     with pytest.raises(ValueError, match="apply to pallas only"):
         peers.get_builders(["rnn_jax:scan-streamed"])
 
 
 def test_every_method_has_a_name_and_records_its_path_and_precision():
     names = [f"rnn_jax:{m}" for m in ("pallas", "deer", "quasi_deer-highest", "cudnn",
-                                        "pallas-resident", "pallas-streamed")]
+                                        "pallas-resident", "pallas-streamed", "pallas-prefetch")]
     out = harness.run_point(harness.Problem("lstm", "train", 2, 3, 4), peers.get_builders(names),
                             warmup=0, repeats=1)
     assert out["failed"] == [] and out["rejected"] == []
@@ -197,6 +198,12 @@ def test_every_method_has_a_name_and_records_its_path_and_precision():
         assert paths["rnn_jax:pallas"] == "pallas (interpret), resident U, 4 warps, unroll 1"
         assert paths["rnn_jax:pallas-streamed"] == (
             "pallas (interpret), streamed U, 4 warps, unroll 1")
+        assert paths["rnn_jax:pallas-prefetch"] == (
+            "pallas (interpret), resident U, prefetch, 4 warps, unroll 1")
+        kernels = {r["impl"]: r["kernel"] for r in out["records"]}
+        assert kernels["rnn_jax:pallas-prefetch"]["prefetch"] is True
+        assert kernels["rnn_jax:pallas-streamed"]["resident"] is False
+        assert kernels["rnn_jax:deer"] is None  # no Pallas launch
         assert out["skipped"][0]["impl"] == "rnn_jax:cudnn"
     for r in out["records"]:
         assert r["precision"] == ("highest" if r["impl"].endswith("-highest") else "default")

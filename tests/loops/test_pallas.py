@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import rnn_jax as rj
-from rnn_jax.loops import gpu_fit
+from rnn_jax.loops import gpu_fit, gpu_speed_table
 from rnn_jax.loops import pallas as pallas_rnn
 from rnn_jax.loops.pallas_launch import Kernel
 
@@ -47,9 +47,11 @@ def _loss(outputs):
 
 @pytest.mark.parametrize("name", sorted(CELLS))
 @pytest.mark.parametrize("reverse", [False, True])
-@pytest.mark.parametrize("resident", [True, False])
-def test_fused_equals_scan_with_mask(name, reverse, resident):
-    """Both kernel kinds: U resident on chip, and U streamed a gate block at a time."""
+@pytest.mark.parametrize("kernel", [Kernel(), Kernel(resident=False), Kernel(prefetch=True)],
+                         ids=["resident", "streamed", "prefetch"])
+def test_fused_equals_scan_with_mask(name, reverse, kernel):
+    """Every kernel kind: U resident on chip, U streamed a gate block at a time, and each
+    step's inputs read one step ahead."""
     cell = CELLS[name]
     batch, steps, feats = (2, 5), 7, 3
     params = _perturbed_params(cell, feats)
@@ -59,7 +61,7 @@ def test_fused_equals_scan_with_mask(name, reverse, resident):
                          cell.initial_carry(batch))
     scan = lambda p, x, c: rj.rnn(cell, p, x, c, mask=mask, reverse=reverse,  # noqa: E731
                                   return_carries=True)
-    fused = _fused(cell, reverse, mask, Kernel(resident=resident))
+    fused = _fused(cell, reverse, mask, kernel)
     for want, got in zip(jax.tree.leaves(scan(params, xs, carry)),
                          jax.tree.leaves(fused(params, xs, carry)), strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
@@ -182,9 +184,33 @@ def test_streamed_kernels_in_float64_and_bf16_match_the_scan():
         np.testing.assert_array_equal(g, r)  # same products, same rounding
 
 
+@pytest.mark.parametrize("name", sorted(CELLS))
+def test_prefetch_changes_when_inputs_are_read_not_the_values(name):
+    """Reading step t+1's inputs during step t gives bitwise the same states and gradients,
+    forward and reverse, with a mask (both the forward and the backward kernels)."""
+    cell = CELLS[name]
+    params = _perturbed_params(cell, 3)
+    xs = jax.random.normal(jax.random.key(1), (3, 6, 3))
+    mask = jax.random.bernoulli(jax.random.key(2), 0.6, (3, 6))
+    carry = jax.tree.map(lambda z: jax.random.normal(jax.random.key(3), z.shape),
+                         cell.initial_carry((3,)))
+    for reverse in (False, True):
+        runs = [_fused(cell, reverse, mask, Kernel(resident=resident, prefetch=prefetch))
+                for resident, prefetch in ((True, False), (True, True), (False, True))]
+        values = [jax.value_and_grad(lambda *a, run=run: _loss(run(*a)), argnums=(0, 1, 2))(
+            params, xs, carry) for run in runs]
+        outputs = [run(params, xs, carry) for run in runs]
+        for other in range(1, len(runs)):
+            for want, got in zip(jax.tree.leaves((outputs[0], values[0])),
+                                 jax.tree.leaves((outputs[other], values[other])), strict=True):
+                np.testing.assert_array_equal(got, want)
+
+
 def test_kernel_config_is_checked():
     with pytest.raises(TypeError, match="resident must be a bool"):
         Kernel(resident="yes")
+    with pytest.raises(TypeError, match="prefetch must be a bool"):
+        Kernel(prefetch=1)
     with pytest.raises(ValueError, match="block_b must be a power of two"):
         Kernel(block_b=24)
 
@@ -206,4 +232,25 @@ def test_method_pallas_streams_u_where_resident_u_does_not_fit():
     assert gpu_fit.kernel_for(small, jnp.float32) == gpu_fit.pallas_kernel_for(
         small, jnp.float32)
     assert gpu_fit.kernel_for(small, jnp.float32).resident
-    assert gpu_fit.STREAMED_FOR_AUTO == frozenset()  # none timed on a GPU yet
+    assert gpu_speed_table.CHOICES == {}  # no GPU has timed the kernel configurations yet
+
+
+def test_auto_follows_the_measured_choice_where_its_kernel_still_fits():
+    """A key a GPU timed: its fastest configuration, or no kernel where none beat the scans;
+    a choice the fit table no longer admits, and an untimed key: resident where it fits."""
+    lstm, elman = rj.LSTM(128), rj.Elman(64)
+    key, small = gpu_fit.key_of(lstm, jnp.float32), gpu_fit.key_of(elman, jnp.float32)
+    streamed = gpu_fit.pallas_kernel_for(lstm, jnp.float32, resident=False)
+    prefetch = gpu_fit.pallas_kernel_for(elman, jnp.float32, prefetch=True)
+    assert prefetch.prefetch and prefetch.resident
+    choices = {key: {"kernel": dataclasses.asdict(streamed)},
+               small: {"kernel": dataclasses.asdict(prefetch)}}
+    assert gpu_fit.kernel_for(lstm, jnp.float32, choices=choices) == streamed
+    assert gpu_fit.kernel_for(elman, jnp.float32, choices=choices) == prefetch
+    assert gpu_fit.kernel_for(elman, jnp.float32, choices={small: {"kernel": None}}) is None
+    # a resident LSTM H=128 kernel does not fit: the stale choice is dropped, none is left
+    stale = {key: {"kernel": dataclasses.asdict(Kernel())}}
+    assert gpu_fit.kernel_for(lstm, jnp.float32, choices=stale) is None
+    untimed = gpu_fit.kernel_for(elman, jnp.float32, choices={key: {"kernel": None}})
+    assert untimed == gpu_fit.pallas_kernel_for(elman, jnp.float32, resident=True)
+    assert not untimed.prefetch
