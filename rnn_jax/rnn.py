@@ -208,7 +208,7 @@ def rnn(cell, params, xs, carry=None, *, lengths=None, mask=None, reverse=False,
         return (hs if time_major else jnp.moveaxis(hs, 0, -2)), final
     if path == "pallas":
         hs, final, carries = pallas.run(cell, params, xs_tm, carry, m_tm, reverse=reverse,
-                                        kernel=_auto_kernel(method, cell, carry_dtype))
+                                        kernel=gpu_fit.launch_kernel(method, cell, carry_dtype))
         if not time_major:
             hs = jnp.moveaxis(hs, 0, -2)
             carries = jax.tree.map(lambda c: jnp.moveaxis(c, 0, len(batch_shape)), carries)
@@ -322,12 +322,6 @@ def _one_launch(fwd_cell, bwd_cell, params, xs, method, return_carries, remat,
                             dtype=dtype) == "pallas"
 
 
-def _auto_kernel(method, cell, dtype):
-    """The kernel ``auto`` chose (``gpu_fit.kernel_for``); None lets ``method="pallas"`` run
-    the first that fits."""
-    return gpu_fit.kernel_for(cell, dtype) if method == "auto" else None
-
-
 def _pallas_bidirectional(fwd_cell, bwd_cell, params, xs, carries, *, lengths, mask, merge,
                           method, time_major, return_carries):
     """Both directions in one Pallas launch per pass, with ``rnn``'s semantics (arguments
@@ -340,7 +334,7 @@ def _pallas_bidirectional(fwd_cell, bwd_cell, params, xs, carries, *, lengths, m
     c_b = _initial_carry(bwd_cell, carries[1], xs_tm.shape[1:-1], dtype)
     outs = pallas.run_bidirectional((fwd_cell, bwd_cell), (params["fwd"], params["bwd"]),
                                     xs_tm, (c_f, c_b), m_tm,
-                                    kernel=_auto_kernel(method, fwd_cell, dtype))
+                                    kernel=gpu_fit.launch_kernel(method, fwd_cell, dtype))
     if not time_major:
         outs = [(jnp.moveaxis(hs, 0, -2), final,
                  jax.tree.map(lambda c: jnp.moveaxis(c, 0, lead), every))

@@ -66,11 +66,11 @@ def choose(results: dict) -> dict:
                          f"{env.get('backend')!r}: interpret-mode times say nothing about a GPU")
     timed = {}  # key -> size -> loop -> [ms]
     for record in results["metrics"]["records"]:
-        loop = _loop(record)
-        if loop is None or _key(record) is None:
+        loop, key = _loop(record), _key(record)
+        if loop is None or key is None:
             continue
         size = f"{record['B']}x{record['T']}x{record['H']}"
-        timed.setdefault(_key(record), {}).setdefault(size, {}).setdefault(loop, []).append(
+        timed.setdefault(key, {}).setdefault(size, {}).setdefault(loop, []).append(
             record["ms"])
     device = (env.get("devices") or [None])[0]
     return {key: entry for key, sizes in timed.items()

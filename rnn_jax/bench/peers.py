@@ -122,8 +122,7 @@ def rnn_jax(variant: str = ""):
         compiled, params, xs, compile_s, peak = _jax_built(problem, data, forward, precision)
         path = ran_path(method, cell, data["params"], compiled.as_text())
         if path.startswith("pallas"):  # which kernel: the runner's own choice unless fixed
-            kernel = kernel or (gpu_fit.kernel_for if method == "auto"
-                                else gpu_fit.pallas_kernel_for)(cell, jnp.float32)
+            kernel = kernel or gpu_fit.launch_kernel(method, cell, jnp.float32)
             path += _kernel_label(kernel)
         else:
             kernel = None

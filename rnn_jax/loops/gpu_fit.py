@@ -76,6 +76,11 @@ def entry(cell, dtype):
     return None if key is None else gpu_fit_table.TABLE.get(key)
 
 
+def _option_fits(option) -> bool:
+    """Whether a measured configuration compiled and every one of its kernels fits."""
+    return bool(option["kernels"]) and all(fits(r) for r in option["kernels"].values())
+
+
 def kernel_for_options(options, resident=None, prefetch=False) -> Kernel | None:
     """The first measured configuration whose every kernel (forward, backward) fits.
 
@@ -87,7 +92,7 @@ def kernel_for_options(options, resident=None, prefetch=False) -> Kernel | None:
         if (kernel is None or (resident is not None and kernel.get("resident", True) != resident)
                 or kernel.get("prefetch", False) != prefetch):
             continue
-        if option["kernels"] and all(fits(r) for r in option["kernels"].values()):
+        if _option_fits(option):
             return Kernel(**kernel)
     return None
 
@@ -121,8 +126,7 @@ def kernel_for(cell, dtype, batch=None, choices=None) -> Kernel | None:
 
 def _fits_now(options, kernel) -> bool:
     """Whether the fit table measured this very configuration and it fits."""
-    return any(Kernel(**o["kernel"]) == kernel and o["kernels"]
-               and all(fits(r) for r in o["kernels"].values())
+    return any(Kernel(**o["kernel"]) == kernel and _option_fits(o)
                for o in options or () if o.get("kernel") is not None)
 
 
@@ -131,3 +135,9 @@ def pallas_kernel_for(cell, dtype, resident=None, prefetch=False) -> Kernel | No
     only resident / only streamed ones, reading inputs a step ahead or not; None where none
     fits."""
     return kernel_for_options(entry(cell, dtype), resident=resident, prefetch=prefetch)
+
+
+def launch_kernel(method, cell, dtype) -> Kernel | None:
+    """The kernel a Pallas run of ``method`` launches: ``auto``'s choice (``kernel_for``), else
+    ``method="pallas"``'s (``pallas_kernel_for``); None lets ``pallas.run`` fall back."""
+    return (kernel_for if method == "auto" else pallas_kernel_for)(cell, dtype)
