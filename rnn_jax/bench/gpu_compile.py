@@ -7,11 +7,11 @@ kind for the compute capability). ``triton_kernels`` takes the Triton IR of ever
 the lowered program and ``compile_kernel`` compiles it with the ``triton`` package (its own
 ptxas) for the target, reporting the shared memory, registers and spill bytes per program.
 
-``python -m rnn_jax.bench.gpu_compile --write rnn_jax/loops/gpu_fit_table.py`` measures every
-kernel configuration (cell, padded H, U's dtype; U resident, resident with inputs read a step
-ahead, or streamed; warps) and writes the
-fit table that ``method="auto"`` reads (``rnn_jax.loops.gpu_fit``). Needs ``triton``
-(``pip install -e .[gpu-check]``); took six minutes on two cores (jax 0.11.2, triton 3.6).
+``python -m rnn_jax.bench.gpu_compile --write rnn_jax/loops/gpu_fit_table.py [--jobs 2]``
+measures every kernel configuration (cell, padded H, U's dtype; U resident, resident with
+inputs read a step ahead, streamed, or streamed in tiles; warps) and writes the fit table that
+``method="auto"`` reads (``rnn_jax.loops.gpu_fit``). Needs ``triton`` (``pip install -e
+.[gpu-check]``); took 41 minutes on two cores with one job (jax 0.11.2, triton 3.6).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import multiprocessing
 import os
 import re
 import subprocess
@@ -39,12 +40,15 @@ CELLS = {"elman_tanh": lambda h: Elman(h), "elman_relu": lambda h: Elman(h, acti
          "lstm": lambda h: LSTM(h), "gru": lambda h: GRU(h)}
 HIDDEN = (16, 32, 64, 128, 256, 512)
 # the configurations tried per kind of kernel, most preferred first, until one fits: U resident,
-# U resident with each step's inputs read a step ahead, U streamed (rnn_jax.loops.gpu_fit);
-# 8 warps halve the registers per thread (LSTM H=128: 255 with spills at 4 warps, ~170 at 8)
-# at the cost of more threads
+# U resident with each step's inputs read a step ahead, U streamed a gate block at a time, and
+# U streamed in [tile, tile] tiles, widest first (measured only where no untiled streamed
+# kernel fits, for tiles narrower than the padded H, at 8 warps: at 4 the float32 H = 256 ones
+# spilled); 8 warps halve the registers per thread (LSTM H=128: 255 with spills at 4 warps,
+# ~170 at 8) at the cost of more threads
 KINDS = ((Kernel(num_warps=4), Kernel(num_warps=8)),
          (Kernel(num_warps=4, prefetch=True), Kernel(num_warps=8, prefetch=True)),
-         (Kernel(num_warps=4, resident=False), Kernel(num_warps=8, resident=False)))
+         (Kernel(num_warps=4, resident=False), Kernel(num_warps=8, resident=False)),
+         tuple(Kernel(num_warps=8, resident=False, tile=t) for t in (128, 64, 32)))
 
 
 @contextlib.contextmanager
@@ -150,22 +154,31 @@ def kernel_program(cell, dtype, kernel, batch=32, steps=8, input_size=8):
 
 
 def measure(key, hidden, storage):
-    """Each candidate configuration's compiled resource use, resident U and streamed U, up to
-    the first of each kind that fits."""
+    """Each candidate configuration's compiled resource use, up to the first of each kind that
+    fits (``KINDS``)."""
     cell = CELLS[key](hidden)
     if storage == "bfloat16":
         cell = dataclasses.replace(cell, compute_dtype=jnp.bfloat16)
     dtype = jnp.float64 if storage == "float64" else jnp.float32
-    # a resident kernel holds all of U in shared memory, a streamed one a gate block U_k at a
-    # time (measured: those bytes plus at most a few tens of KB), so one whose U (U_k) alone
-    # passes the limit is not compiled (ptxas takes many minutes on them)
-    block = pallas.padded_hidden(hidden) ** 2 * jnp.dtype(storage).itemsize
+    padded, size = pallas.padded_hidden(hidden), jnp.dtype(storage).itemsize
     options = []
     for candidates in KINDS:
+        if candidates[0].tile is not None:
+            if gpu_fit.kernel_for_options(options, resident=False) is not None:
+                continue  # an untiled streamed kernel fits: tiles are not needed
+            candidates = tuple(c for c in candidates if c.tile < padded)
+            if not candidates:
+                continue
+        # a resident kernel holds all of U in shared memory, a streamed one a gate block U_k
+        # (or one tile) at a time (measured: those bytes plus at most a few tens of KB), so one
+        # whose U (U_k, tile) alone passes the limit is not compiled (ptxas takes many minutes
+        # on them)
         first = candidates[0]
-        on_chip = cell.num_gates * block if first.resident else block
+        side = padded if first.tile is None else first.tile
+        on_chip = side * side * size * (cell.num_gates if first.resident else 1)
         if on_chip > gpu_fit.SHARED_MEMORY_LIMIT:
-            what = "U" if first.resident else "one gate block of U"
+            what = ("U" if first.resident else "one gate block of U" if first.tile is None
+                    else "one tile of U")
             options.append({"kernel": dataclasses.asdict(first), "kernels": {},
                             "skipped": f"{what} alone needs {on_chip} bytes"})
             continue
@@ -190,16 +203,29 @@ def _measure(cell, dtype, candidates):
     return options
 
 
-def write_table(path, storages=("float32", "bfloat16", "float64")):
-    """Measures every (cell, H, storage) and writes the table module to ``path``."""
+def _measure_key(key):
+    return key, measure(*key)
+
+
+def write_table(path, storages=("float32", "bfloat16", "float64"), jobs=1):
+    """Measures every (cell, H, storage) and writes the table module to ``path``.
+
+    ``jobs``: worker processes measuring keys at once (ptxas runs on one core each); the
+    table is the same, in the same order, for any number.
+    """
+    keys = [(key, hidden, storage) for key in CELLS for hidden in HIDDEN for storage in storages]
     rows = {}
-    for key in CELLS:
-        for hidden in HIDDEN:
-            for storage in storages:
-                rows[(key, hidden, storage)] = measure(key, hidden, storage)
-                options = rows[(key, hidden, storage)]
-                print(key, hidden, storage, "->", *(gpu_fit.kernel_for_options(
-                    options, c[0].resident, c[0].prefetch) for c in KINDS), flush=True)
+    with contextlib.ExitStack() as stack:
+        if jobs > 1:
+            pool = stack.enter_context(
+                multiprocessing.get_context("spawn").Pool(jobs, maxtasksperchild=8))
+            measured = pool.imap(_measure_key, keys)
+        else:
+            measured = map(_measure_key, keys)
+        for key, options in measured:
+            rows[key] = options
+            print(*key, "->", [o["kernel"] for o in options if gpu_fit.option_fits(o)],
+                  flush=True)
     import triton
 
     header = (f'"""Generated by `python -m rnn_jax.bench.gpu_compile --write {path}`: do not '
@@ -218,8 +244,12 @@ def write_table(path, storages=("float32", "bfloat16", "float64")):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--write", required=True, help="the table module to write")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="worker processes (one core each; default 1)")
     args = parser.parse_args(argv)
-    write_table(args.write)
+    if args.jobs < 1:
+        parser.error(f"--jobs must be at least 1, got {args.jobs}")
+    write_table(args.write, jobs=args.jobs)
 
 
 if __name__ == "__main__":

@@ -101,8 +101,9 @@ def _name(kind, config):
     if kind == "xla":
         return config
     c = dict(config)
+    tile = f" tile {c['tile']}" if c.get("tile") else ""
     return (f"pallas {'resident' if c['resident'] else 'streamed'}"
-            f"{' prefetch' if c.get('prefetch') else ''} {c['num_warps']}w")
+            f"{' prefetch' if c.get('prefetch') else ''}{tile} {c['num_warps']}w")
 
 
 def write_table(path, choices, source):

@@ -4,7 +4,8 @@
     rnn_jax:<variant>       other options, ``<method>[-u<unroll>][-highest]``, e.g. ``scan-u8``;
                             method in auto, scan, fused, pallas, cudnn, deer, quasi_deer;
                             ``pallas-resident`` / ``pallas-streamed``: the kernel with U kept
-                            on chip / streamed a gate block at a time (``Kernel.resident``);
+                            on chip / streamed a gate block (or, where no block fits, a tile)
+                            at a time (``Kernel.resident``, ``Kernel.tile``);
                             ``pallas-prefetch``: U resident, each step's inputs read a step
                             ahead (``Kernel.prefetch``)
     flax_linen              ``nn.RNN`` over SimpleCell / OptimizedLSTMCell / GRUCell
@@ -152,7 +153,8 @@ def _kernel_label(kernel) -> str:
     if kernel is None:
         return ""
     prefetch = ", prefetch" if kernel.prefetch else ""
-    return (f", {'resident' if kernel.resident else 'streamed'} U{prefetch}, "
+    tile = f" in {kernel.tile}-unit tiles" if kernel.tile else ""
+    return (f", {'resident' if kernel.resident else 'streamed'} U{tile}{prefetch}, "
             f"{kernel.num_warps} warps")
 
 

@@ -8,10 +8,13 @@ with the ``triton`` package (ptxas for sm_90), and writes ``gpu_fit_table.py`` f
 compiler reports. A cell takes a kernel only where its table entry fits: the key is (cell,
 padded H, U's storage dtype); anything else falls back to the scan paths.
 
-Two kinds of kernel are measured per key (``pallas_launch.Kernel.resident``): U resident on chip
-for the whole loop, and U streamed one gate block per product (from L2, every step), which needs
-a fraction of the shared memory and so fits where the resident one cannot (LSTM H = 128 in
-float32: 278,528 bytes resident, as the H200 reported, against 73,728 streamed).
+Kinds of kernel measured per key (``pallas_launch.Kernel``): U resident on chip for the whole
+loop; U streamed one gate block per product (from L2, every step), which needs a fraction of
+the shared memory and so fits where the resident one cannot (LSTM H = 128 in float32: 278,528
+bytes resident, as the H200 reported, against 73,728 streamed); and, where no gate block fits,
+U streamed in [tile, tile] tiles by loops over the state's column blocks
+(``Kernel.tile``: Elman and GRU at H = 256 in float32, where one gate block alone is
+262,144 bytes).
 
 ``method="auto"`` takes, for a key a GPU has timed (``gpu_speed_table``, written by
 ``rnn_jax.bench.gpu_speed`` from a ``make gpu-check`` run), the configuration measured fastest
@@ -19,8 +22,9 @@ there if it beat the fused and plain scans at every timed size, and no kernel if
 a key not yet timed, a *resident* kernel wherever one fits: on the H200 resident kernels
 measured 1.9-5.5x faster than the fused scan wherever they were timed
 (``benchmarks/h200/gpu_check``). ``method="pallas"`` runs the first kernel that fits, resident
-before streamed. Configurations that read each step's inputs a step ahead (``Kernel.prefetch``)
-are measured for fit too, and run where a GPU timed them fastest, or where asked for.
+before streamed, untiled before tiled. Configurations that read each step's inputs a step
+ahead (``Kernel.prefetch``) are measured for fit too, and run where a GPU timed them fastest,
+or where asked for.
 """
 
 from __future__ import annotations
@@ -76,7 +80,7 @@ def entry(cell, dtype):
     return None if key is None else gpu_fit_table.TABLE.get(key)
 
 
-def _option_fits(option) -> bool:
+def option_fits(option) -> bool:
     """Whether a measured configuration compiled and every one of its kernels fits."""
     return bool(option["kernels"]) and all(fits(r) for r in option["kernels"].values())
 
@@ -92,7 +96,7 @@ def kernel_for_options(options, resident=None, prefetch=False) -> Kernel | None:
         if (kernel is None or (resident is not None and kernel.get("resident", True) != resident)
                 or kernel.get("prefetch", False) != prefetch):
             continue
-        if _option_fits(option):
+        if option_fits(option):
             return Kernel(**kernel)
     return None
 
@@ -126,7 +130,7 @@ def kernel_for(cell, dtype, batch=None, choices=None) -> Kernel | None:
 
 def _fits_now(options, kernel) -> bool:
     """Whether the fit table measured this very configuration and it fits."""
-    return any(Kernel(**o["kernel"]) == kernel and _option_fits(o)
+    return any(Kernel(**o["kernel"]) == kernel and option_fits(o)
                for o in options or () if o.get("kernel") is not None)
 
 

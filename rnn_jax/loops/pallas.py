@@ -2,7 +2,8 @@
 
 A ``lax.scan`` launches its body's kernels once per step (several microseconds each on a GPU).
 Here one kernel loops over time itself, with the recurrent matrix U kept on chip for the whole
-loop where it fits, else streamed from L2 one gate block at a time (``Kernel.resident``).
+loop where it fits, else streamed from L2 one gate block, or one [tile, tile] tile, at a time
+(``Kernel.resident``, ``Kernel.tile``).
 Batch rows are independent, so the batch is cut into blocks of ``block_b`` rows, one program
 each, with no synchronisation between programs — the idea of persistent RNN kernels (Diamos
 et al. 2016) that cuDNN uses. Kernel bodies: ``rnn_jax.loops.pallas_kernels``.
@@ -240,7 +241,8 @@ def run(cell, params, xs_tm, carry, mask_tm, *, reverse=False, kernel=None, prec
     """The runner's semantics on the fused kernels (see ``rnn_jax.rnn.rnn``).
 
     ``kernel``: a ``pallas_launch.Kernel`` (default: the first in ``gpu_fit``'s table that
-    fits, U resident or streamed, else 16 or 32 rows per program); ``precision``: a
+    fits, U resident, streamed or streamed in tiles, else 16 or 32 rows per program);
+    ``precision``: a
     ``jax.default_matmul_precision`` name (default: the config).
     Shapes: xs_tm [T, *batch, I]; carry as ``cell.initial_carry(batch)``; mask_tm [T, *batch]
     bool or None. Returns ``(hs_tm, final_carry, carries_tm)`` with zero outputs on masked steps,

@@ -2,22 +2,36 @@
 
 Each program owns ``b`` batch rows and loops over all T steps. With ``resident=True`` the
 recurrent matrix U is loaded once, before the loop, and stays on chip (in shared memory, where
-the tensor-core products read it) for all T steps; with ``resident=False`` each gate block U_k
-is loaded where a product needs it, every step (L2 serves it after the first), so only one
-block at a time needs shared memory; the LSTM's forward step computes its gates one at a time
-(i, g, f, o) so that only one block's registers are live. ``rnn_jax.loops.gpu_fit`` says which
-fits for which H. With ``prefetch=True`` every per-step input of step t+1 (the hoisted
-projection u, the mask, the stored states) is read at the top of step t, before its products,
-and carried into the next step, so its memory latency overlaps step t's work (``_time_loop``);
-without it a read is issued where the step uses it. Gate blocks are
-addressed by static slices of the *references* (``pl.ds(k * H, H)``), never by slicing values
-held in registers, which the Triton backend handles poorly. Masks arrive as [T, b] in the state
-dtype (1 = real step); on a masked step the state is left unchanged and the adjoint passes
-through untouched.
+the tensor-core products read it) for all T steps; with ``resident=False`` U is loaded where a
+product needs it, every step (L2 serves it after the first), so only the part one product
+reads needs shared memory. ``rnn_jax.loops.gpu_fit`` says which fits for which H.
 
-Products: ``dot(a, U_k)`` casts ``a`` to U's storage dtype (bf16 under a bf16
+Tiles (streamed kernels, ``tile`` hidden units, a power of two dividing the padded H): the
+state is held as n = H / tile column blocks ``h[j] = h[:, j*tile:(j+1)*tile]`` and each gate
+block U_k as tiles ``U_k[i, j]`` [tile, tile]; every product is a loop over tiles,
+
+    (h U_k)[:, j] = sum_i h[i] U_k[i, j],        (a U_k^T)[:, i] = sum_j a[j] U_k[i, j]^T,
+
+the step a loop over its column blocks j (forward; the backward over the blocks i of the
+adjoint), both ``fori_loop``s with a traced block index: a loop-invariant load outside such a
+loop keeps its per-thread addresses in registers for all T steps (Triton issues loads as
+inline PTX, so ptxas cannot fold a tile's constant offset), which spilled every unrolled
+float32 H = 256 kernel measured; inside the loop only one tile's addresses are live. A value
+held in registers is never sliced or indexed by a traced number (the Triton backend handles
+that poorly): block j of a list of blocks is chosen by a cascade of selects (``_Layout.pick``)
+and replaced likewise (``_Layout.put``). With one block (the default: tile = H) every index
+is the Python int 0 and the loops are not emitted. The LSTM's forward step computes its gates
+one at a time (i, g, f, o) so that only one gate's registers are live. With ``prefetch=True``
+every per-step input of step t+1 (the hoisted projection u, the mask, the stored states) is
+read at the top of step t, before its products, and carried into the next step, so its memory
+latency overlaps step t's work (``_time_loop``); without it a read is issued where the step
+uses it. Blocks are addressed by slices of the *references* (``pl.ds``). Masks arrive as [T,
+b] in the state dtype (1 = real step); on a masked step the state is left unchanged and the
+adjoint passes through untouched.
+
+Products: ``dot(a, U_k[i, j])`` casts ``a`` to U's storage dtype (bf16 under a bf16
 ``compute_dtype``) and accumulates in the state dtype (float32, or float64) at the precision
-the caller set (see ``rnn_jax.loops.pallas.Kernel``). Forward equations (u = x W + b hoisted,
+the caller set (see ``rnn_jax.loops.pallas_launch``). Forward equations (u = x W + b hoisted,
 gate order as in ``rnn_jax.cells``):
 
     Elman  s_t = f(u_t + s_{t-1} U)
@@ -33,6 +47,9 @@ their products contract with U's second axis (``a U^T``) without materialising U
 
 from __future__ import annotations
 
+import functools
+import operator
+
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
@@ -43,7 +60,7 @@ ACTIVATIONS = {
     "relu": (lambda a: jnp.maximum(a, 0.0), lambda s: (s > 0).astype(s.dtype)),
     "identity": (lambda a: a, lambda s: jnp.ones_like(s)),
 }
-_AT = (((1,), (1,)), ((), ()))  # a [b, H] x U_k [H', H] -> [b, H']: a U_k^T
+_AT = (((1,), (1,)), ((), ()))  # a [b, tile] x U_k[i, j] [tile, tile] -> [b, tile]: a U_k[i, j]^T
 
 
 def _mm(a, w, precision, transpose=False):
@@ -54,27 +71,107 @@ def _mm(a, w, precision, transpose=False):
     return jnp.dot(a, w, precision=precision, preferred_element_type=acc)
 
 
-def _weights(w_ref, hidden, num, resident):
-    """The gate blocks U_k [H, H] of U, as a function of k.
+class _Layout:
+    """The column blocks of one kernel: ``n`` blocks of ``tile`` units of each gate's H."""
 
-    Resident: all blocks are loaded once, before the time loop, and stay on chip. Streamed:
-    block k is loaded where the step uses it, every step (from L2, where U stays after the
-    first step), so only one block at a time needs on-chip room.
-    """
-    if resident:
-        blocks = _blocks(w_ref, hidden, num)
-        return lambda k: blocks[k]
-    return lambda k: w_ref[:, pl.ds(k * hidden, hidden)]
+    def __init__(self, hidden, tile):
+        self.hidden = hidden
+        self.tile = hidden if tile is None else min(tile, hidden)
+        self.n = hidden // self.tile
+
+    def cols(self, k, j):
+        """Gate block k's column block j of a [.., G*H] axis (j an int or traced)."""
+        return pl.ds(k * self.hidden + j * self.tile, self.tile)
+
+    def pick(self, blocks, j):
+        """blocks[j], for a traced j too (a cascade of selects)."""
+        if isinstance(j, int):
+            return blocks[j]
+        return functools.reduce(lambda v, jj: jnp.where(j == jj, blocks[jj], v),
+                                range(1, self.n), blocks[0])
+
+    def put(self, blocks, j, value):
+        """blocks with blocks[j] = value, for a traced j too."""
+        if isinstance(j, int):
+            return [value if jj == j else b for jj, b in enumerate(blocks)]
+        return [jnp.where(j == jj, value, b) for jj, b in enumerate(blocks)]
+
+    def each(self, fn, carry):
+        """``carry = fn(j, carry)`` for the blocks j = 0..n-1 (a loop only where n > 1)."""
+        if self.n == 1:
+            return fn(0, carry)
+        return jax.lax.fori_loop(0, self.n, fn, carry)
+
+    def total(self, term):
+        """term(0) + term(1) + ... + term(n-1), summed left to right in a loop."""
+        first = term(0)
+        if self.n == 1:
+            return first
+        return jax.lax.fori_loop(1, self.n, lambda i, acc: acc + term(i), first)
+
+    def rows(self, ref):
+        """The column blocks of a [b, H] ref."""
+        return [ref[:, self.cols(0, j)] for j in range(self.n)]
+
+    def write(self, ref, blocks):
+        for j, v in enumerate(blocks):
+            ref[:, self.cols(0, j)] = v
+
+    def store(self, ref, t, j, gates):
+        """ref[t]'s column block j of each gate block k = gates[k]."""
+        for k, v in enumerate(gates):
+            ref[t, :, self.cols(k, j)] = v
+
+    def reads(self, ref, num, name):
+        """{f"{name}{k}": (t, j) -> ref[t]'s column block j of gate block k}."""
+        return {f"{name}{k}": _Blocked(lambda t, j, k=k: ref[t, :, self.cols(k, j)])
+                for k in range(num)}
+
+    def previous(self, ref, init_ref, name):
+        """{name: (t, j) -> block j of the state before step t (ref[t-1] or the initial)}."""
+        return {name: _Blocked(lambda t, j: jnp.where(
+            t > 0, ref[jnp.maximum(t - 1, 0), :, self.cols(0, j)], init_ref[:, self.cols(0, j)]))}
+
+    def weights(self, w_ref, num, resident):
+        """U's tiles as ``w(k, i, j)`` = U_k[i, j] (rows block i, columns block j).
+
+        Resident (one block, the whole H): each gate block U_k is loaded once, before the time
+        loop, and stays on chip. Streamed: a tile is loaded where a product uses it, every step
+        (from L2, where U stays after the first step), so only one tile at a time needs
+        on-chip room.
+        """
+        def read(k, i, j):
+            return w_ref[pl.ds(i * self.tile, self.tile), self.cols(k, j)]
+
+        if not resident:
+            return read
+        assert self.n == 1, "resident kernels hold U whole (Kernel checks tile)"
+        blocks = [read(k, 0, 0) for k in range(num)]
+        return lambda k, i, j: blocks[k]
+
+    def product(self, h, w, k, j, precision):
+        """(h U_k)[:, j] = sum_i h[i] U_k[i, j]."""
+        return self.total(lambda i: _mm(self.pick(h, i), w(k, i, j), precision))
+
+    def back(self, grads, w, i, precision, start=None):
+        """start + sum_k (a_k U_k^T)[:, i] = start + sum_k sum_j a_k[j] U_k[i, j]^T
+        (``grads``: per gate k, its column blocks), left to right."""
+        def terms(j):
+            return [_mm(self.pick(a, j), w(k, i, j), precision, transpose=True)
+                    for k, a in enumerate(grads)]
+
+        if self.n == 1:
+            return functools.reduce(operator.add, terms(0) if start is None
+                                    else [start, *terms(0)])
+        total = self.total(lambda j: functools.reduce(operator.add, terms(j)))
+        return total if start is None else start + total
 
 
-def _blocks(ref, hidden, num):
-    """The ``num`` gate blocks [.., H] of a ref's last axis."""
-    return [ref[:, pl.ds(k * hidden, hidden)] for k in range(num)]
+class _Blocked:
+    """A per-step read of one column block: ``read(t, j)``."""
 
-
-def _store(ref, t, hidden, values):
-    for k, v in enumerate(values):
-        ref[t, :, pl.ds(k * hidden, hidden)] = v
+    def __init__(self, read):
+        self.read = read
 
 
 def _keep(mask_row):
@@ -82,177 +179,221 @@ def _keep(mask_row):
     return mask_row[:, None] > 0
 
 
-def _previous(ref, init_ref, t):
-    """The state before step t: ref[t-1], or the initial state at t = 0."""
-    return jnp.where(t > 0, ref[jnp.maximum(t - 1, 0)], init_ref[...])
-
-
-def _time_loop(num_steps, reads, step, init, prefetch, reverse=False):
+def _time_loop(num_steps, reads, step, init, prefetch, lay, reverse=False):
     """``carry = step(t, row, carry)`` for the T steps (t from T-1 down to 0 with ``reverse``).
 
-    ``reads``: {name: t -> array}, the step's per-time-step inputs, which the step takes as
-    ``row(name)``. Without ``prefetch`` a read is issued where the step asks for it. With it,
-    the reads of step t+1 are issued at the top of step t, before its products, and carried:
-    the values are the same, only their load is earlier (one extra read of each, clamped to
-    the last step, goes unused).
+    ``reads``: {name: t -> array, or a ``_Blocked`` (t, j) -> column block j}, the step's
+    per-time-step inputs, which the step takes as ``row(name)`` or ``row(name, j)``. Without
+    ``prefetch`` a read is issued where the step asks for it. With it, the reads of step t+1
+    (every block) are issued at the top of step t, before its products, and carried: the
+    values are the same, only their load is earlier (one extra read of each, clamped to the
+    last step, goes unused).
     """
     time = (lambda i: num_steps - 1 - i) if reverse else (lambda i: i)
     if not prefetch:
         def body(i, carry):
             t = time(i)
-            return step(t, lambda name: reads[name](t), carry)
+
+            def row(name, j=None):
+                read = reads[name]
+                return read.read(t, j) if isinstance(read, _Blocked) else read(t)
+
+            return step(t, row, carry)
 
         return jax.lax.fori_loop(0, num_steps, body, init)
 
     def load(i):
-        return {name: read(time(i)) for name, read in reads.items()}
+        t = time(i)
+        return {name: ([read.read(t, j) for j in range(lay.n)] if isinstance(read, _Blocked)
+                       else read(t)) for name, read in reads.items()}
 
     def prefetched(i, carry):
         state, current = carry
         upcoming = load(jnp.minimum(i + 1, num_steps - 1))
-        return step(time(i), current.__getitem__, state), upcoming
+
+        def row(name, j=None):
+            return current[name] if j is None else lay.pick(current[name], j)
+
+        return step(time(i), row, state), upcoming
 
     return jax.lax.fori_loop(0, num_steps, prefetched, (init, load(0)))[0]
 
 
-def _gate_reads(ref, hidden, num, name):
-    """{name + k: t -> ref[t]'s gate block k} for the ``num`` blocks of a ref's last axis."""
-    return {f"{name}{k}": (lambda t, k=k: ref[t, :, pl.ds(k * hidden, hidden)])
-            for k in range(num)}
+def _mask_read(m_ref):
+    return {"m": lambda t: m_ref[t]}
+
+
+def _zeros(ref, lay):
+    return [jnp.zeros((ref.shape[0], lay.tile), ref.dtype) for _ in range(lay.n)]
 
 
 # -- Elman ---------------------------------------------------------------------------------------
 def elman_fwd(u_ref, w_ref, h0_ref, m_ref, s_ref, *, num_steps, activation, precision,
-              resident=True, prefetch=False):
+              resident=True, prefetch=False, tile=None):
     f, _ = ACTIVATIONS[activation]
-    hidden = h0_ref.shape[-1]
-    w = _weights(w_ref, hidden, 1, resident)
-    reads = {"u": lambda t: u_ref[t], "m": lambda t: m_ref[t]}
+    lay = _Layout(h0_ref.shape[-1], tile)
+    w = lay.weights(w_ref, 1, resident)
+    reads = {**lay.reads(u_ref, 1, "u"), **_mask_read(m_ref)}
 
     def step(t, row, h):
-        h = jnp.where(_keep(row("m")), f(row("u") + _mm(h, w(0), precision)), h)
-        s_ref[t] = h
-        return h
+        keep = _keep(row("m"))
 
-    _time_loop(num_steps, reads, step, h0_ref[...], prefetch)
+        def block(j, new):
+            v = jnp.where(keep, f(row("u0", j) + lay.product(h, w, 0, j, precision)),
+                          lay.pick(h, j))
+            lay.store(s_ref, t, j, [v])
+            return lay.put(new, j, v)
+
+        return lay.each(block, h)
+
+    _time_loop(num_steps, reads, step, lay.rows(h0_ref), prefetch, lay)
 
 
 def elman_bwd(s_ref, g_ref, w_ref, m_ref, a_ref, dh0_ref, *, num_steps, activation, precision,
-              resident=True, prefetch=False):
+              resident=True, prefetch=False, tile=None):
     _, df = ACTIVATIONS[activation]
-    hidden = dh0_ref.shape[-1]
-    w = _weights(w_ref, hidden, 1, resident)
-    reads = {"g": lambda t: g_ref[t], "s": lambda t: s_ref[t], "m": lambda t: m_ref[t]}
+    lay = _Layout(dh0_ref.shape[-1], tile)
+    w = lay.weights(w_ref, 1, resident)
+    reads = {**lay.reads(g_ref, 1, "g"), **lay.reads(s_ref, 1, "s"), **_mask_read(m_ref)}
 
     def step(t, row, lam):
-        lam = lam + row("g")
+        lam = [lam[j] + row("g0", j) for j in range(lay.n)]
         keep = _keep(row("m"))
-        a = jnp.where(keep, lam * df(row("s")), 0.0)
-        a_ref[t] = a
-        return jnp.where(keep, _mm(a, w(0), precision, transpose=True), lam)
+        a = [jnp.where(keep, lam[j] * df(row("s0", j)), 0.0) for j in range(lay.n)]
+        for j in range(lay.n):
+            lay.store(a_ref, t, j, [a[j]])
+        return lay.each(lambda i, new: lay.put(new, i, jnp.where(
+            keep, lay.back([a], w, i, precision), lay.pick(lam, i))), lam)
 
-    dh0_ref[...] = _time_loop(num_steps, reads, step, jnp.zeros(dh0_ref.shape, dh0_ref.dtype),
-                              prefetch, reverse=True)
+    lay.write(dh0_ref, _time_loop(num_steps, reads, step, _zeros(dh0_ref, lay), prefetch, lay,
+                                  reverse=True))
 
 
 # -- LSTM ----------------------------------------------------------------------------------------
 def lstm_fwd(u_ref, w_ref, h0_ref, c0_ref, m_ref, hs_ref, cs_ref, gates_ref, *, num_steps,
-             precision, resident=True, prefetch=False):
-    hidden = h0_ref.shape[-1]
-    w = _weights(w_ref, hidden, 4, resident)
-    reads = {**_gate_reads(u_ref, hidden, 4, "u"), "m": lambda t: m_ref[t]}
+             precision, resident=True, prefetch=False, tile=None):
+    lay = _Layout(h0_ref.shape[-1], tile)
+    w = lay.weights(w_ref, 4, resident)
+    reads = {**lay.reads(u_ref, 4, "u"), **_mask_read(m_ref)}
 
     def step(t, row, carry):
         h, c = carry
-        pre = lambda k: row(f"u{k}") + _mm(h, w(k), precision)  # noqa: E731
-        i = jax.nn.sigmoid(pre(0))
-        g = jnp.tanh(pre(2))
-        ig = i * g
-        f = jax.nn.sigmoid(pre(1))
-        c_new = f * c + ig
-        o = jax.nn.sigmoid(pre(3))
-        keep = _keep(row("m"))
-        h = jnp.where(keep, o * jnp.tanh(c_new), h)
-        c = jnp.where(keep, c_new, c)
-        hs_ref[t], cs_ref[t] = h, c
-        _store(gates_ref, t, hidden, (i, f, g, o))
-        return h, c
 
-    _time_loop(num_steps, reads, step, (h0_ref[...], c0_ref[...]), prefetch)
+        def block(j, new):
+            pre = lambda k: row(f"u{k}", j) + lay.product(h, w, k, j, precision)  # noqa: E731
+            i = jax.nn.sigmoid(pre(0))
+            g = jnp.tanh(pre(2))
+            ig = i * g
+            f = jax.nn.sigmoid(pre(1))
+            c_old = lay.pick(c, j)
+            c_new = f * c_old + ig
+            o = jax.nn.sigmoid(pre(3))
+            keep = _keep(row("m"))
+            h_j = jnp.where(keep, o * jnp.tanh(c_new), lay.pick(h, j))
+            c_j = jnp.where(keep, c_new, c_old)
+            lay.store(hs_ref, t, j, [h_j])
+            lay.store(cs_ref, t, j, [c_j])
+            lay.store(gates_ref, t, j, [i, f, g, o])
+            return lay.put(new[0], j, h_j), lay.put(new[1], j, c_j)
+
+        return lay.each(block, (h, c))
+
+    _time_loop(num_steps, reads, step, (lay.rows(h0_ref), lay.rows(c0_ref)), prefetch, lay)
 
 
 def lstm_bwd(cs_ref, gates_ref, c0_ref, gh_ref, gc_ref, w_ref, m_ref, a_ref, dh0_ref, dc0_ref,
-             *, num_steps, precision, resident=True, prefetch=False):
-    hidden = dh0_ref.shape[-1]
-    w = _weights(w_ref, hidden, 4, resident)
-    reads = {"gh": lambda t: gh_ref[t], "gc": lambda t: gc_ref[t], "c": lambda t: cs_ref[t],
-             "c_prev": lambda t: _previous(cs_ref, c0_ref, t),
-             **_gate_reads(gates_ref, hidden, 4, "gate"), "m": lambda t: m_ref[t]}
+             *, num_steps, precision, resident=True, prefetch=False, tile=None):
+    lay = _Layout(dh0_ref.shape[-1], tile)
+    w = lay.weights(w_ref, 4, resident)
+    reads = {**lay.reads(gh_ref, 1, "gh"), **lay.reads(gc_ref, 1, "gc"),
+             **lay.reads(cs_ref, 1, "c"), **lay.previous(cs_ref, c0_ref, "c_prev"),
+             **lay.reads(gates_ref, 4, "gate"), **_mask_read(m_ref)}
 
     def step(t, row, carry):
-        lam_h, lam_c = carry
-        lam_h, lam_c = lam_h + row("gh"), lam_c + row("gc")
-        i, f, g, o = (row(f"gate{k}") for k in range(4))
-        tc = jnp.tanh(row("c"))
-        dc = lam_c + lam_h * o * (1.0 - tc * tc)
-        da = [dc * g * i * (1.0 - i), dc * row("c_prev") * f * (1.0 - f),
-              dc * i * (1.0 - g * g), lam_h * tc * o * (1.0 - o)]
-        keep = _keep(row("m"))
-        da = [jnp.where(keep, d, 0.0) for d in da]
-        _store(a_ref, t, hidden, da)
-        back = sum(_mm(d, w(k), precision, transpose=True) for k, d in enumerate(da))
-        return jnp.where(keep, back, lam_h), jnp.where(keep, dc * f, lam_c)
+        da, lam_h, lam_c = ([], [], [], []), [], []
+        for j in range(lay.n):
+            lh, lc = carry[0][j] + row("gh0", j), carry[1][j] + row("gc0", j)
+            i, f, g, o = (row(f"gate{k}", j) for k in range(4))
+            tc = jnp.tanh(row("c0", j))
+            dc = lc + lh * o * (1.0 - tc * tc)
+            grads = [dc * g * i * (1.0 - i), dc * row("c_prev", j) * f * (1.0 - f),
+                     dc * i * (1.0 - g * g), lh * tc * o * (1.0 - o)]
+            keep = _keep(row("m"))
+            grads = [jnp.where(keep, d, 0.0) for d in grads]
+            lay.store(a_ref, t, j, grads)
+            for blocks, d in zip(da, grads, strict=True):
+                blocks.append(d)
+            lam_h.append(lh)
+            lam_c.append(jnp.where(keep, dc * f, lc))
+        lam_h = lay.each(lambda i, new: lay.put(new, i, jnp.where(
+            keep, lay.back(da, w, i, precision), lay.pick(lam_h, i))), lam_h)
+        return lam_h, lam_c
 
-    zeros = jnp.zeros(dh0_ref.shape, dh0_ref.dtype)
-    dh0, dc0 = _time_loop(num_steps, reads, step, (zeros, zeros), prefetch, reverse=True)
-    dh0_ref[...], dc0_ref[...] = dh0, dc0
+    dh0, dc0 = _time_loop(num_steps, reads, step, (_zeros(dh0_ref, lay), _zeros(dc0_ref, lay)),
+                          prefetch, lay, reverse=True)
+    lay.write(dh0_ref, dh0)
+    lay.write(dc0_ref, dc0)
 
 
 # -- GRU -----------------------------------------------------------------------------------------
 def gru_fwd(u_ref, w_ref, bhn_ref, h0_ref, m_ref, hs_ref, gates_ref, *, num_steps,
-            precision, resident=True, prefetch=False):
-    hidden = h0_ref.shape[-1]
-    w = _weights(w_ref, hidden, 3, resident)
-    b_hn = bhn_ref[...]
-    reads = {**_gate_reads(u_ref, hidden, 3, "u"), "m": lambda t: m_ref[t]}
+            precision, resident=True, prefetch=False, tile=None):
+    lay = _Layout(h0_ref.shape[-1], tile)
+    w = lay.weights(w_ref, 3, resident)
+    b_hn = lay.rows(bhn_ref)
+    reads = {**lay.reads(u_ref, 3, "u"), **_mask_read(m_ref)}
 
     def step(t, row, h):
-        u_r, u_z, u_n = (row(f"u{k}") for k in range(3))
-        r = jax.nn.sigmoid(u_r + _mm(h, w(0), precision))
-        z = jax.nn.sigmoid(u_z + _mm(h, w(1), precision))
-        q = _mm(h, w(2), precision) + b_hn
-        n = jnp.tanh(u_n + r * q)
-        h = jnp.where(_keep(row("m")), (1.0 - z) * n + z * h, h)
-        hs_ref[t] = h
-        _store(gates_ref, t, hidden, (r, z, n, q))
-        return h
+        def block(j, new):
+            # one block: u's three gate blocks read before the products (fewer registers
+            # measured: 96 instead of 128 at H = 64); in a loop over blocks each where it is
+            # used (H = 256 in 64-unit tiles: no spills instead of 40 bytes)
+            early = [row(f"u{k}", j) for k in range(3)] if lay.n == 1 else None
+            u = (lambda k: early[k]) if early else (lambda k: row(f"u{k}", j))
+            r = jax.nn.sigmoid(u(0) + lay.product(h, w, 0, j, precision))
+            z = jax.nn.sigmoid(u(1) + lay.product(h, w, 1, j, precision))
+            q = lay.product(h, w, 2, j, precision) + lay.pick(b_hn, j)
+            n = jnp.tanh(u(2) + r * q)
+            h_old = lay.pick(h, j)
+            h_j = jnp.where(_keep(row("m")), (1.0 - z) * n + z * h_old, h_old)
+            lay.store(hs_ref, t, j, [h_j])
+            lay.store(gates_ref, t, j, [r, z, n, q])
+            return lay.put(new, j, h_j)
 
-    _time_loop(num_steps, reads, step, h0_ref[...], prefetch)
+        return lay.each(block, h)
+
+    _time_loop(num_steps, reads, step, lay.rows(h0_ref), prefetch, lay)
 
 
 def gru_bwd(hs_ref, gates_ref, h0_ref, g_ref, w_ref, m_ref, du_ref, dq_ref, dh0_ref, *,
-            num_steps, precision, resident=True, prefetch=False):
+            num_steps, precision, resident=True, prefetch=False, tile=None):
     """du = d/d[u_r, u_z, u_n]; dq = d/d[hU_r, hU_z, hU_n + b_hn] (they differ in the n block)."""
-    hidden = dh0_ref.shape[-1]
-    w = _weights(w_ref, hidden, 3, resident)
-    reads = {"g": lambda t: g_ref[t], **_gate_reads(gates_ref, hidden, 4, "gate"),
-             "h_prev": lambda t: _previous(hs_ref, h0_ref, t), "m": lambda t: m_ref[t]}
+    lay = _Layout(dh0_ref.shape[-1], tile)
+    w = lay.weights(w_ref, 3, resident)
+    reads = {**lay.reads(g_ref, 1, "g"), **lay.reads(gates_ref, 4, "gate"),
+             **lay.previous(hs_ref, h0_ref, "h_prev"), **_mask_read(m_ref)}
 
     def step(t, row, lam):
-        lam = lam + row("g")
-        r, z, n, q = (row(f"gate{k}") for k in range(4))
-        dan = lam * (1.0 - z) * (1.0 - n * n)
-        dar = dan * q * r * (1.0 - r)
-        daz = lam * (row("h_prev") - n) * z * (1.0 - z)
-        keep = _keep(row("m"))
-        dar, daz, dan = (jnp.where(keep, d, 0.0) for d in (dar, daz, dan))
-        dqn = dan * r
-        _store(du_ref, t, hidden, (dar, daz, dan))
-        _store(dq_ref, t, hidden, (dar, daz, dqn))
-        back = (lam * z + _mm(dar, w(0), precision, transpose=True)
-                + _mm(daz, w(1), precision, transpose=True)
-                + _mm(dqn, w(2), precision, transpose=True))
-        return jnp.where(keep, back, lam)
+        lam = [lam[j] + row("g0", j) for j in range(lay.n)]
+        dq, zs = ([], [], []), []
+        for j in range(lay.n):
+            r, z, n, q = (row(f"gate{k}", j) for k in range(4))
+            dan = lam[j] * (1.0 - z) * (1.0 - n * n)
+            dar = dan * q * r * (1.0 - r)
+            daz = lam[j] * (row("h_prev", j) - n) * z * (1.0 - z)
+            keep = _keep(row("m"))
+            dar, daz, dan = (jnp.where(keep, d, 0.0) for d in (dar, daz, dan))
+            dqn = dan * r
+            lay.store(du_ref, t, j, [dar, daz, dan])
+            lay.store(dq_ref, t, j, [dar, daz, dqn])
+            for blocks, d in zip(dq, (dar, daz, dqn), strict=True):
+                blocks.append(d)
+            zs.append(z)
+        def block(i, new):
+            back = lay.back(dq, w, i, precision, start=lay.pick(lam, i) * lay.pick(zs, i))
+            return lay.put(new, i, jnp.where(keep, back, lay.pick(lam, i)))
 
-    dh0_ref[...] = _time_loop(num_steps, reads, step, jnp.zeros(dh0_ref.shape, dh0_ref.dtype),
-                              prefetch, reverse=True)
+        return lay.each(block, lam)
+
+    lay.write(dh0_ref, _time_loop(num_steps, reads, step, _zeros(dh0_ref, lay), prefetch, lay,
+                                  reverse=True))

@@ -46,11 +46,17 @@ class Kernel:
       num_warps: Triton warps per program.
       num_stages: Triton software-pipelining stages of the time loop.
       resident: U loaded once and kept on chip for all T steps (True), or streamed: each
-        gate block U_k [H, H] loaded where a step uses it, every step, so that only one
-        block at a time needs shared memory (``rnn_jax.loops.pallas_kernels._weights``).
+        tile of U loaded where a step uses it, every step, so that only one tile at a time
+        needs shared memory (``rnn_jax.loops.pallas_kernels._Layout.weights``).
       prefetch: each step's inputs (the hoisted projection u_t, the mask, the stored states)
         read one step ahead, at the top of the previous step, so their load latency overlaps
         its products (``rnn_jax.loops.pallas_kernels._time_loop``); costs their registers.
+      tile: for a streamed kernel, hidden units per tile (a power of two, at least 16), or
+        None for all of the padded H: the state is held in column blocks of ``tile`` units
+        and U read in [tile, tile] tiles, in loops over the blocks, so the kernel needs one
+        tile's shared memory and one tile's load addresses in registers, not one [H, H] gate
+        block's (``rnn_jax.loops.pallas_kernels``). A tile wider than the padded H is the
+        whole of it. Resident kernels hold U whole (None).
     """
 
     block_b: int = MIN_BLOCK
@@ -58,6 +64,7 @@ class Kernel:
     num_stages: int = 1
     resident: bool = True
     prefetch: bool = False
+    tile: int | None = None
 
     def __post_init__(self):
         b = self.block_b
@@ -71,6 +78,13 @@ class Kernel:
             v = getattr(self, name)
             if not isinstance(v, bool):
                 raise TypeError(f"{name} must be a bool (True or False), got {v!r}")
+        t = self.tile
+        if t is not None and (not isinstance(t, int) or isinstance(t, bool) or t < MIN_BLOCK
+                              or t & (t - 1)):
+            raise ValueError(f"tile must be None or a power of two >= {MIN_BLOCK}, got {t!r}")
+        if t is not None and self.resident:
+            raise ValueError(f"tile={t} needs a streamed kernel (resident=False): a resident "
+                             "kernel holds U whole")
 
 
 def padded_hidden(hidden: int) -> int:
@@ -126,7 +140,7 @@ def call(kernel, name, cfg: Kernel, ins, outs, dtype, directions=1, **static):
     spec = functools.partial(_spec, block_b=cfg.block_b, directions=directions,
                              per_direction=programs // directions)
     body = functools.partial(kernel, resident=cfg.resident, prefetch=cfg.prefetch,
-                             **static)
+                             tile=cfg.tile, **static)
 
     def launch(interpret, *args):
         params = None if interpret else plgpu.CompilerParams(

@@ -57,6 +57,22 @@ def test_the_fastest_configuration_wins_by_its_worst_ratio_over_the_sizes():
     assert entry["device"] == "NVIDIA H200"
 
 
+def test_a_tiled_configuration_is_its_own_candidate():
+    """Streamed in tiles and streamed whole are different configurations, timed and named
+    apart (H = 256 in float32: only the tiled one fits)."""
+    tiled = dataclasses.asdict(Kernel(resident=False, tile=128, num_warps=8))
+    records = [_record("elman", "64x512x256", 10.0, "fused, unroll 1"),
+               _kernel(tiled, 6.0, cell="elman", size="64x512x256"),
+               _kernel(STREAMED, 8.0, cell="elman", size="64x512x256")]
+    (key, entry), = gpu_speed.choose(_results(records)).items()
+    assert key == ("elman_tanh", 256, "float32")
+    assert entry["kernel"] == tiled and entry["ratio"] == pytest.approx(0.6)
+    assert entry["timed"]["64x512x256"] == {"fused": 10.0, "pallas streamed tile 128 8w": 6.0,
+                                            "pallas streamed 4w": 8.0}
+    cell = rj.Elman(256)
+    assert gpu_fit.kernel_for(cell, jnp.float32, choices={key: entry}) == Kernel(**tiled)
+
+
 def test_no_kernel_where_none_beat_the_scans_and_padded_h_shares_a_key():
     records = [_record("gru", "64x256x100", 4.0, "scan, unroll 1"),
                _kernel(RESIDENT, 4.4, cell="gru", size="64x256x100"),

@@ -206,6 +206,38 @@ def test_prefetch_changes_when_inputs_are_read_not_the_values(name):
                 np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize("name", ["elman_tanh", "lstm", "gru"])
+def test_tiles_change_how_products_are_summed_not_the_result(name):
+    """H = 40 runs at 64 units: streamed in 16- or 32-unit tiles (4 or 2 column blocks, 16 or 4
+    tiles of each gate block), with and without prefetch, the states and gradients equal the
+    scan path's in float64 (a reverse, masked run); one tile as wide as H is the untiled
+    streamed kernel, bitwise."""
+    cell = {"elman_tanh": rj.Elman(40), "lstm": rj.LSTM(40), "gru": rj.GRU(40)}[name]
+    with jax.enable_x64(True):
+        params = jax.tree.map(lambda p: p.astype(jnp.float64), _perturbed_params(cell, 3))
+        xs = jax.random.normal(jax.random.key(1), (2, 4, 3), jnp.float64)
+        mask = jnp.array([[True, False, True, True], [True, True, True, False]])
+        carry = jax.tree.map(lambda z: jax.random.normal(jax.random.key(3), z.shape, z.dtype),
+                             cell.initial_carry((2,), jnp.float64))
+        scan = lambda p, x, c: rj.rnn(cell, p, x, c, mask=mask, reverse=True,  # noqa: E731
+                                      return_carries=True)
+
+        def results(kernel):
+            run = scan if kernel is None else _fused(cell, True, mask, kernel)
+            return run(params, xs, carry), jax.grad(lambda *a: _loss(run(*a)), argnums=(0, 1, 2))(
+                params, xs, carry)
+
+        want = results(None)
+        for kernel in (Kernel(tile=16, resident=False, prefetch=True),
+                       Kernel(tile=32, resident=False)):
+            for w, g in zip(jax.tree.leaves(want), jax.tree.leaves(results(kernel)), strict=True):
+                assert g.dtype == jnp.float64
+                np.testing.assert_allclose(g, w, rtol=1e-11, atol=1e-12)
+        untiled, whole = results(Kernel(resident=False)), results(Kernel(tile=64, resident=False))
+        for w, g in zip(jax.tree.leaves(untiled), jax.tree.leaves(whole), strict=True):
+            np.testing.assert_array_equal(g, w)
+
+
 def test_kernel_config_is_checked():
     with pytest.raises(TypeError, match="resident must be a bool"):
         Kernel(resident="yes")
@@ -213,6 +245,11 @@ def test_kernel_config_is_checked():
         Kernel(prefetch=1)
     with pytest.raises(ValueError, match="block_b must be a power of two"):
         Kernel(block_b=24)
+    for bad in (24, 8, True, 16.0):
+        with pytest.raises(ValueError, match=f"tile must be None or a power of two.*{bad!r}"):
+            Kernel(tile=bad, resident=False)
+    with pytest.raises(ValueError, match="tile=32 needs a streamed kernel"):
+        Kernel(tile=32)
 
 
 def test_method_pallas_streams_u_where_resident_u_does_not_fit():
@@ -233,6 +270,16 @@ def test_method_pallas_streams_u_where_resident_u_does_not_fit():
         small, jnp.float32)
     assert gpu_fit.kernel_for(small, jnp.float32).resident
     assert gpu_speed_table.CHOICES == {}  # no GPU has timed the kernel configurations yet
+
+
+def test_method_pallas_streams_u_in_tiles_where_no_gate_block_fits():
+    """H = 256 in float32: one gate block alone (262,144 bytes) passes sm_90's shared memory;
+    the Elman and GRU kernels stream U in tiles, the LSTM's still spill and none runs."""
+    for cell in (rj.Elman(256), rj.GRU(256)):
+        tiled = gpu_fit.pallas_kernel_for(cell, jnp.float32)
+        assert tiled is not None and not tiled.resident and tiled.tile < 256
+        assert gpu_fit.kernel_for(cell, jnp.float32) is None  # auto: not timed yet
+    assert gpu_fit.pallas_kernel_for(rj.LSTM(256), jnp.float32) is None
 
 
 def test_auto_follows_the_measured_choice_where_its_kernel_still_fits():

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 import rnn_jax as rj
 from rnn_jax.loops import pallas as pallas_rnn
+from rnn_jax.loops.pallas_launch import Kernel
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
@@ -153,16 +154,20 @@ def test_zero_steps_and_bad_arguments():
                          method="pallas")
 
 
-def test_run_bidirectional_equals_two_runs_of_run():
-    """The loop-level entry point against ``pallas.run`` once per direction."""
-    cell = CELLS["elman_tanh"]
+@pytest.mark.parametrize("cell,kernel", [(CELLS["elman_tanh"], None),
+                                         (rj.LSTM(40), Kernel(tile=32, resident=False))],
+                         ids=["default", "lstm-tiles"])
+def test_run_bidirectional_equals_two_runs_of_run(cell, kernel):
+    """The loop-level entry point against ``pallas.run`` once per direction (also with U in
+    tiles, where each direction's program reads the tiles of its own U)."""
     pf, pb = _params(cell, 3, 0), _params(cell, 3, 1)
     xs_tm = jax.random.normal(jax.random.key(2), (5, 4, 3))
     mask = jnp.arange(5)[:, None] < jnp.array([5, 3, 0, 1])[None, :]
     c = cell.initial_carry((4,))
-    both = pallas_rnn.run_bidirectional((cell, cell), (pf, pb), xs_tm, (c, c), mask)
-    one = (pallas_rnn.run(cell, pf, xs_tm, c, mask),
-           pallas_rnn.run(cell, pb, xs_tm, c, mask, reverse=True))
+    both = pallas_rnn.run_bidirectional((cell, cell), (pf, pb), xs_tm, (c, c), mask,
+                                        kernel=kernel)
+    one = (pallas_rnn.run(cell, pf, xs_tm, c, mask, kernel=kernel),
+           pallas_rnn.run(cell, pb, xs_tm, c, mask, reverse=True, kernel=kernel))
     for w, g in zip(jax.tree.leaves(one), jax.tree.leaves(both), strict=True):
         np.testing.assert_array_equal(g, w)
 
