@@ -242,8 +242,7 @@ def run(cell, params, xs_tm, carry, mask_tm, *, reverse=False, kernel=None, prec
 
     ``kernel``: a ``pallas_launch.Kernel`` (default: the first in ``gpu_fit``'s table that
     fits, U resident, streamed or streamed in tiles, else 16 or 32 rows per program);
-    ``precision``: a
-    ``jax.default_matmul_precision`` name (default: the config).
+    ``precision``: a ``jax.default_matmul_precision`` name (default: the config).
     Shapes: xs_tm [T, *batch, I]; carry as ``cell.initial_carry(batch)``; mask_tm [T, *batch]
     bool or None. Returns ``(hs_tm, final_carry, carries_tm)`` with zero outputs on masked steps,
     in the carry's dtype (float32, or float64 for float64 inputs under x64).

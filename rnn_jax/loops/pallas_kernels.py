@@ -47,8 +47,10 @@ their products contract with U's second axis (``a U^T``) without materialising U
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import operator
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -167,11 +169,11 @@ class _Layout:
         return total if start is None else start + total
 
 
+@dataclasses.dataclass(frozen=True)
 class _Blocked:
     """A per-step read of one column block: ``read(t, j)``."""
 
-    def __init__(self, read):
-        self.read = read
+    read: Callable
 
 
 def _keep(mask_row):
