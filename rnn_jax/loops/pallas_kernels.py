@@ -12,16 +12,20 @@ block U_k as tiles ``U_k[i, j]`` [tile, tile]; every product is a loop over tile
 
     (h U_k)[:, j] = sum_i h[i] U_k[i, j],        (a U_k^T)[:, i] = sum_j a[j] U_k[i, j]^T,
 
-the step a loop over its column blocks j (forward; the backward over the blocks i of the
-adjoint), both ``fori_loop``s with a traced block index: a loop-invariant load outside such a
-loop keeps its per-thread addresses in registers for all T steps (Triton issues loads as
-inline PTX, so ptxas cannot fold a tile's constant offset), which spilled every unrolled
-float32 H = 256 kernel measured; inside the loop only one tile's addresses are live. A value
-held in registers is never sliced or indexed by a traced number (the Triton backend handles
-that poorly): block j of a list of blocks is chosen by a cascade of selects (``_Layout.pick``)
-and replaced likewise (``_Layout.put``). With one block (the default: tile = H) every index
-is the Python int 0 and the loops are not emitted. The LSTM's forward step computes its gates
-one at a time (i, g, f, o) so that only one gate's registers are live. With ``prefetch=True``
+the step a loop over its column blocks j (forward; Elman's and the GRU's backward over the
+blocks i of the adjoint), both ``fori_loop``s with a traced block index: a loop-invariant load
+outside such a loop keeps its per-thread addresses in registers for all T steps (Triton
+issues loads as inline PTX, so ptxas cannot fold a tile's constant offset), which spilled
+every unrolled float32 H = 256 kernel measured; inside the loop only one tile's addresses are
+live. The LSTM's backward step loops over the blocks j instead, making block j of the four
+gates' adjoints and adding its products to all n sums (a U^T)[:, i] at once
+(``_Layout.adjoint``), so one block's adjoints are live, not 4 n. A value held in registers
+is never sliced or indexed by a traced number (the Triton backend handles that poorly):
+block j of a list of blocks is chosen by a cascade of selects (``_Layout.pick``) and
+replaced likewise (``_Layout.put``). With one block (the default: tile = H) every index is
+the Python int 0 and the loops are not emitted. The LSTM's forward step computes its gates
+one at a time (i, g, f, o) so that only one gate's registers are live (in a loop over blocks
+each is stored as soon as it is made). With ``prefetch=True``
 every per-step input of step t+1 (the hoisted projection u, the mask, the stored states) is
 read at the top of step t, before its products, and carried into the next step, so its memory
 latency overlaps step t's work (``_time_loop``); without it a read is issued where the step
@@ -168,6 +172,33 @@ class _Layout:
         total = self.total(lambda j: functools.reduce(operator.add, terms(j)))
         return total if start is None else start + total
 
+    def adjoint(self, block, carry, zeros, w, precision):
+        """The backward step's loop over column blocks j (n > 1), with its products.
+
+        ``grads, carry = block(j, carry)`` makes block j of each gate's adjoint a_k; each is
+        multiplied into the sums ``acc[i] = sum_j sum_k a_k[j] U_k[i, j]^T`` (left to right in
+        j and in k, as ``back``) as soon as it is made, so one block's adjoints are live at a
+        time instead of all n. Returns (carry, acc).
+
+        Measured (sm_90, ptxas): the LSTM at H = 256 in 64-unit tiles, float32, 182 registers
+        and no spills this way, 56-72 bytes of spills with all 16 adjoint blocks held for
+        ``back``; the GRU there compiles without spills only with ``back`` (this way ptxas
+        stops at 128 registers and spills 8-16 bytes), and so do Elman's bf16 kernels at
+        H = 512 in 128-unit tiles, which keep ``back``.
+        """
+        def body(j, state):
+            carry, acc = state
+            grads, carry = block(j, carry)
+
+            def add(i, acc):
+                term = functools.reduce(operator.add, [
+                    _mm(a, w(k, i, j), precision, transpose=True) for k, a in enumerate(grads)])
+                return self.put(acc, i, self.pick(acc, i) + term)
+
+            return carry, self.each(add, acc)
+
+        return jax.lax.fori_loop(0, self.n, body, (carry, zeros))
+
 
 @dataclasses.dataclass(frozen=True)
 class _Blocked:
@@ -283,19 +314,31 @@ def lstm_fwd(u_ref, w_ref, h0_ref, c0_ref, m_ref, hs_ref, cs_ref, gates_ref, *, 
 
         def block(j, new):
             pre = lambda k: row(f"u{k}", j) + lay.product(h, w, k, j, precision)  # noqa: E731
-            i = jax.nn.sigmoid(pre(0))
-            g = jnp.tanh(pre(2))
+            # in a loop over blocks a gate is stored as soon as it is made, so it is dead once
+            # used (stored at the end, H = 256 in 64-unit tiles spilled 8 bytes); one block
+            # stores all four at the end (as measured before)
+            early = lay.n > 1
+
+            def gate(k, fn):
+                v = fn(pre(k))
+                if early:
+                    gates_ref[t, :, lay.cols(k, j)] = v
+                return v
+
+            i = gate(0, jax.nn.sigmoid)
+            g = gate(2, jnp.tanh)
             ig = i * g
-            f = jax.nn.sigmoid(pre(1))
-            c_old = lay.pick(c, j)
+            f = gate(1, jax.nn.sigmoid)
+            c_old = lay.pick(new[1], j)  # block j of c: not yet replaced (c itself is dead)
             c_new = f * c_old + ig
-            o = jax.nn.sigmoid(pre(3))
+            o = gate(3, jax.nn.sigmoid)
             keep = _keep(row("m"))
             h_j = jnp.where(keep, o * jnp.tanh(c_new), lay.pick(h, j))
             c_j = jnp.where(keep, c_new, c_old)
             lay.store(hs_ref, t, j, [h_j])
             lay.store(cs_ref, t, j, [c_j])
-            lay.store(gates_ref, t, j, [i, f, g, o])
+            if not early:
+                lay.store(gates_ref, t, j, [i, f, g, o])
             return lay.put(new[0], j, h_j), lay.put(new[1], j, c_j)
 
         return lay.each(block, (h, c))
@@ -311,25 +354,33 @@ def lstm_bwd(cs_ref, gates_ref, c0_ref, gh_ref, gc_ref, w_ref, m_ref, a_ref, dh0
              **lay.reads(cs_ref, 1, "c"), **lay.previous(cs_ref, c0_ref, "c_prev"),
              **lay.reads(gates_ref, 4, "gate"), **_mask_read(m_ref)}
 
+    def adjoints(t, row, j, lh, lc):
+        """Block j's gate adjoints (stored), its new lam_c and the step's mask."""
+        i, f, g, o = (row(f"gate{k}", j) for k in range(4))
+        tc = jnp.tanh(row("c0", j))
+        dc = lc + lh * o * (1.0 - tc * tc)
+        grads = [dc * g * i * (1.0 - i), dc * row("c_prev", j) * f * (1.0 - f),
+                 dc * i * (1.0 - g * g), lh * tc * o * (1.0 - o)]
+        keep = _keep(row("m"))
+        grads = [jnp.where(keep, d, 0.0) for d in grads]
+        lay.store(a_ref, t, j, grads)
+        return grads, jnp.where(keep, dc * f, lc), keep
+
     def step(t, row, carry):
-        da, lam_h, lam_c = ([], [], [], []), [], []
-        for j in range(lay.n):
-            lh, lc = carry[0][j] + row("gh0", j), carry[1][j] + row("gc0", j)
-            i, f, g, o = (row(f"gate{k}", j) for k in range(4))
-            tc = jnp.tanh(row("c0", j))
-            dc = lc + lh * o * (1.0 - tc * tc)
-            grads = [dc * g * i * (1.0 - i), dc * row("c_prev", j) * f * (1.0 - f),
-                     dc * i * (1.0 - g * g), lh * tc * o * (1.0 - o)]
+        lam_h, lam_c = carry
+        if lay.n > 1:
+            def block(j, lam_c):
+                lc = lay.pick(lam_c, j) + row("gc0", j)
+                grads, lc, _ = adjoints(t, row, j, lay.pick(lam_h, j) + row("gh0", j), lc)
+                return grads, lay.put(lam_c, j, lc)
+
+            lam_c, acc = lay.adjoint(block, lam_c, _zeros(dh0_ref, lay), w, precision)
             keep = _keep(row("m"))
-            grads = [jnp.where(keep, d, 0.0) for d in grads]
-            lay.store(a_ref, t, j, grads)
-            for blocks, d in zip(da, grads, strict=True):
-                blocks.append(d)
-            lam_h.append(lh)
-            lam_c.append(jnp.where(keep, dc * f, lc))
-        lam_h = lay.each(lambda i, new: lay.put(new, i, jnp.where(
-            keep, lay.back(da, w, i, precision), lay.pick(lam_h, i))), lam_h)
-        return lam_h, lam_c
+            return [jnp.where(keep, acc[i], lam_h[i] + row("gh0", i))
+                    for i in range(lay.n)], lam_c
+        lh = lam_h[0] + row("gh0", 0)
+        grads, lc, keep = adjoints(t, row, 0, lh, lam_c[0] + row("gc0", 0))
+        return [jnp.where(keep, lay.back([[d] for d in grads], w, 0, precision), lh)], [lc]
 
     dh0, dc0 = _time_loop(num_steps, reads, step, (_zeros(dh0_ref, lay), _zeros(dc0_ref, lay)),
                           prefetch, lay, reverse=True)
