@@ -25,13 +25,13 @@ block j of a list of blocks is chosen by a cascade of selects (``_Layout.pick``)
 replaced likewise (``_Layout.put``). With one block (the default: tile = H) every index is
 the Python int 0 and the loops are not emitted. The LSTM's forward step computes its gates
 one at a time (i, g, f, o) so that only one gate's registers are live (in a loop over blocks
-each is stored as soon as it is made). With ``prefetch=True``
-every per-step input of step t+1 (the hoisted projection u, the mask, the stored states) is
-read at the top of step t, before its products, and carried into the next step, so its memory
-latency overlaps step t's work (``_time_loop``); without it a read is issued where the step
-uses it. Blocks are addressed by slices of the *references* (``pl.ds``). Masks arrive as [T,
-b] in the state dtype (1 = real step); on a masked step the state is left unchanged and the
-adjoint passes through untouched.
+each is stored as soon as it is made). With ``prefetch=True`` every per-step input of step
+t+1 (the hoisted projection u, the mask, the stored states) is read at the top of step t,
+before its products, and carried into the next step, so its memory latency overlaps step t's
+work (``_time_loop``); without it a read is issued where the step uses it. Blocks are
+addressed by slices of the *references* (``pl.ds``). Masks arrive as [T, b] in the state
+dtype (1 = real step); on a masked step the state is left unchanged and the adjoint passes
+through untouched.
 
 Products: ``dot(a, U_k[i, j])`` casts ``a`` to U's storage dtype (bf16 under a bf16
 ``compute_dtype``) and accumulates in the state dtype (float32, or float64) at the precision
@@ -375,7 +375,7 @@ def lstm_bwd(cs_ref, gates_ref, c0_ref, gh_ref, gc_ref, w_ref, m_ref, a_ref, dh0
                 return grads, lay.put(lam_c, j, lc)
 
             lam_c, acc = lay.adjoint(block, lam_c, _zeros(dh0_ref, lay), w, precision)
-            keep = _keep(row("m"))
+            keep = _keep(row("m"))  # lam_h + gh made again, not held through the loop
             return [jnp.where(keep, acc[i], lam_h[i] + row("gh0", i))
                     for i in range(lay.n)], lam_c
         lh = lam_h[0] + row("gh0", 0)
