@@ -17,21 +17,23 @@ blocks i of the adjoint), both ``fori_loop``s with a traced block index: a loop-
 outside such a loop keeps its per-thread addresses in registers for all T steps (Triton
 issues loads as inline PTX, so ptxas cannot fold a tile's constant offset), which spilled
 every unrolled float32 H = 256 kernel measured; inside the loop only one tile's addresses are
-live. The LSTM's backward step loops over the blocks j instead, making block j of the four
-gates' adjoints and adding its products to all n sums (a U^T)[:, i] at once
-(``_Layout.adjoint``), so one block's adjoints are live, not 4 n. A value held in registers
+live. Where the adjoints of all blocks would be too many to hold (the LSTM from H = 256, the
+GRU from H = 512 in float32; ``_Layout.accumulates``), the backward step loops over the blocks
+j instead, making block j of the gates' adjoints and adding its products to all n sums
+(a U^T)[:, i] at once (``_Layout.adjoint``), so one block's adjoints are live, not G n. A
+value held in registers
 is never sliced or indexed by a traced number (the Triton backend handles that poorly):
 block j of a list of blocks is chosen by a cascade of selects (``_Layout.pick``) and
 replaced likewise (``_Layout.put``). With one block (the default: tile = H) every index is
 the Python int 0 and the loops are not emitted. The LSTM's forward step computes its gates
-one at a time (i, g, f, o) so that only one gate's registers are live (in a loop over blocks
-each is stored as soon as it is made). With ``prefetch=True`` every per-step input of step
-t+1 (the hoisted projection u, the mask, the stored states) is read at the top of step t,
-before its products, and carried into the next step, so its memory latency overlaps step t's
-work (``_time_loop``); without it a read is issued where the step uses it. Blocks are
-addressed by slices of the *references* (``pl.ds``). Masks arrive as [T, b] in the state
-dtype (1 = real step); on a masked step the state is left unchanged and the adjoint passes
-through untouched.
+one at a time (i, g, f, o) so that only one gate's registers are live; in a loop over blocks
+the LSTM's and the GRU's gates are stored as soon as they are made. With ``prefetch=True``
+every per-step input of step t+1 (the hoisted projection u, the mask, the stored states) is
+read at the top of step t, before its products, and carried into the next step, so its
+memory latency overlaps step t's work (``_time_loop``); without it a read is issued where
+the step uses it. Blocks are addressed by slices of the *references* (``pl.ds``). Masks
+arrive as [T, b] in the state dtype (1 = real step); on a masked step the state is left
+unchanged and the adjoint passes through untouched.
 
 Products: ``dot(a, U_k[i, j])`` casts ``a`` to U's storage dtype (bf16 under a bf16
 ``compute_dtype``) and accumulates in the state dtype (float32, or float64) at the precision
@@ -172,6 +174,16 @@ class _Layout:
         total = self.total(lambda j: functools.reduce(operator.add, terms(j)))
         return total if start is None else start + total
 
+    def accumulates(self, num_gates, dtype):
+        """Whether a backward step with ``num_gates`` gate blocks adds each column block's
+        products as the block is made (``adjoint``) instead of holding all adjoint blocks for
+        ``back``: in a loop over blocks (n > 1) where those blocks, G H values of the state
+        dtype per batch row, pass 3,072 bytes. Measured (sm_90, 8 warps): the float32 LSTM
+        at H = 256 (4,096 bytes) and GRU at H = 512 (6,144) compile without spills only this
+        way; the float32 GRU at H = 256 (3,072) only with ``back``; the float64 LSTM at
+        H = 128 (4,096) spills less this way (128-160 bytes against 160-864)."""
+        return self.n > 1 and num_gates * self.hidden * jnp.dtype(dtype).itemsize > 3072
+
     def adjoint(self, block, carry, zeros, w, precision):
         """The backward step's loop over column blocks j (n > 1), with its products.
 
@@ -182,9 +194,11 @@ class _Layout:
 
         Measured (sm_90, ptxas): the LSTM at H = 256 in 64-unit tiles, float32, 182 registers
         and no spills this way, 56-72 bytes of spills with all 16 adjoint blocks held for
-        ``back``; the GRU there compiles without spills only with ``back`` (this way ptxas
-        stops at 128 registers and spills 8-16 bytes), and so do Elman's bf16 kernels at
-        H = 512 in 128-unit tiles, which keep ``back``.
+        ``back``; the GRU at H = 512, 180-183 registers and no spills in 64-unit tiles, none
+        in 128-unit tiles either (100-768 bytes with ``back``). The GRU at H = 256 compiles
+        without spills only with ``back`` (this way ptxas stops at 128 registers and spills
+        8-16 bytes), and so do Elman's bf16 kernels at H = 512 in 128-unit tiles: Elman keeps
+        ``back`` (see ``accumulates``).
         """
         def body(j, state):
             carry, acc = state
@@ -368,7 +382,7 @@ def lstm_bwd(cs_ref, gates_ref, c0_ref, gh_ref, gc_ref, w_ref, m_ref, a_ref, dh0
 
     def step(t, row, carry):
         lam_h, lam_c = carry
-        if lay.n > 1:
+        if lay.accumulates(4, dh0_ref.dtype):
             def block(j, lam_c):
                 lc = lay.pick(lam_c, j) + row("gc0", j)
                 grads, lc, _ = adjoints(t, row, j, lay.pick(lam_h, j) + row("gh0", j), lc)
@@ -378,9 +392,19 @@ def lstm_bwd(cs_ref, gates_ref, c0_ref, gh_ref, gc_ref, w_ref, m_ref, a_ref, dh0
             keep = _keep(row("m"))  # lam_h + gh made again, not held through the loop
             return [jnp.where(keep, acc[i], lam_h[i] + row("gh0", i))
                     for i in range(lay.n)], lam_c
-        lh = lam_h[0] + row("gh0", 0)
-        grads, lc, keep = adjoints(t, row, 0, lh, lam_c[0] + row("gc0", 0))
-        return [jnp.where(keep, lay.back([[d] for d in grads], w, 0, precision), lh)], [lc]
+        lam_h = [lam_h[j] + row("gh0", j) for j in range(lay.n)]
+        grads, new_c = ([], [], [], []), []
+        for j in range(lay.n):
+            made, lc, keep = adjoints(t, row, j, lam_h[j], lam_c[j] + row("gc0", j))
+            for blocks, d in zip(grads, made, strict=True):
+                blocks.append(d)
+            new_c.append(lc)
+
+        def block(i, new):
+            return lay.put(new, i, jnp.where(keep, lay.back(grads, w, i, precision),
+                                             lay.pick(lam_h, i)))
+
+        return lay.each(block, lam_h), new_c
 
     dh0, dc0 = _time_loop(num_steps, reads, step, (_zeros(dh0_ref, lay), _zeros(dc0_ref, lay)),
                           prefetch, lay, reverse=True)
@@ -399,18 +423,33 @@ def gru_fwd(u_ref, w_ref, bhn_ref, h0_ref, m_ref, hs_ref, gates_ref, *, num_step
     def step(t, row, h):
         def block(j, new):
             # one block: u's three gate blocks read before the products (fewer registers
-            # measured: 96 instead of 128 at H = 64); in a loop over blocks each where it is
-            # used (H = 256 in 64-unit tiles: no spills instead of 40 bytes)
-            early = [row(f"u{k}", j) for k in range(3)] if lay.n == 1 else None
-            u = (lambda k: early[k]) if early else (lambda k: row(f"u{k}", j))
-            r = jax.nn.sigmoid(u(0) + lay.product(h, w, 0, j, precision))
-            z = jax.nn.sigmoid(u(1) + lay.product(h, w, 1, j, precision))
-            q = lay.product(h, w, 2, j, precision) + lay.pick(b_hn, j)
-            n = jnp.tanh(u(2) + r * q)
+            # measured: 96 instead of 128 at H = 64) and the gates made in order r, z, q, n.
+            # In a loop over blocks: u read where it is used (H = 256 in 64-unit tiles: no
+            # spills instead of 40 bytes), n made as soon as r and q exist, z last, and each
+            # gate stored as soon as it is made (H = 512 in 128-unit tiles: no spills instead
+            # of 528-1,352 bytes; float64 H = 128 in 64-unit tiles: none instead of 196-256)
+            loop = lay.n > 1
+            early = None if loop else [row(f"u{k}", j) for k in range(3)]
+            u = (lambda k: row(f"u{k}", j)) if loop else (lambda k: early[k])
+
+            def gate(k, v):
+                if loop:
+                    gates_ref[t, :, lay.cols(k, j)] = v
+                return v
+
+            def update():
+                return gate(1, jax.nn.sigmoid(u(1) + lay.product(h, w, 1, j, precision)))
+
+            r = gate(0, jax.nn.sigmoid(u(0) + lay.product(h, w, 0, j, precision)))
+            z = None if loop else update()
+            q = gate(3, lay.product(h, w, 2, j, precision) + lay.pick(b_hn, j))
+            n = gate(2, jnp.tanh(u(2) + r * q))
+            z = update() if loop else z
             h_old = lay.pick(h, j)
             h_j = jnp.where(_keep(row("m")), (1.0 - z) * n + z * h_old, h_old)
             lay.store(hs_ref, t, j, [h_j])
-            lay.store(gates_ref, t, j, [r, z, n, q])
+            if not loop:
+                lay.store(gates_ref, t, j, [r, z, n, q])
             return lay.put(new, j, h_j)
 
         return lay.each(block, h)
@@ -426,22 +465,39 @@ def gru_bwd(hs_ref, gates_ref, h0_ref, g_ref, w_ref, m_ref, du_ref, dq_ref, dh0_
     reads = {**lay.reads(g_ref, 1, "g"), **lay.reads(gates_ref, 4, "gate"),
              **lay.previous(hs_ref, h0_ref, "h_prev"), **_mask_read(m_ref)}
 
+    def adjoints(t, row, j, lam_j):
+        """Block j's gate adjoints dq (du and dq stored), its z and the step's mask."""
+        r, z, n, q = (row(f"gate{k}", j) for k in range(4))
+        dan = lam_j * (1.0 - z) * (1.0 - n * n)
+        dar = dan * q * r * (1.0 - r)
+        daz = lam_j * (row("h_prev", j) - n) * z * (1.0 - z)
+        keep = _keep(row("m"))
+        dar, daz, dan = (jnp.where(keep, d, 0.0) for d in (dar, daz, dan))
+        dqn = dan * r
+        lay.store(du_ref, t, j, [dar, daz, dan])
+        lay.store(dq_ref, t, j, [dar, daz, dqn])
+        return [dar, daz, dqn], z, keep
+
     def step(t, row, lam):
+        if lay.accumulates(3, dh0_ref.dtype):
+            def block(j, carry):
+                return adjoints(t, row, j, lay.pick(lam, j) + row("g0", j))[0], carry
+
+            _, acc = lay.adjoint(block, 0, _zeros(dh0_ref, lay), w, precision)
+            keep = _keep(row("m"))  # lam + g and z made again, not held through the loop
+            new = []
+            for i in range(lay.n):
+                lam_i = lam[i] + row("g0", i)
+                new.append(jnp.where(keep, lam_i * row("gate1", i) + acc[i], lam_i))
+            return new
         lam = [lam[j] + row("g0", j) for j in range(lay.n)]
         dq, zs = ([], [], []), []
         for j in range(lay.n):
-            r, z, n, q = (row(f"gate{k}", j) for k in range(4))
-            dan = lam[j] * (1.0 - z) * (1.0 - n * n)
-            dar = dan * q * r * (1.0 - r)
-            daz = lam[j] * (row("h_prev", j) - n) * z * (1.0 - z)
-            keep = _keep(row("m"))
-            dar, daz, dan = (jnp.where(keep, d, 0.0) for d in (dar, daz, dan))
-            dqn = dan * r
-            lay.store(du_ref, t, j, [dar, daz, dan])
-            lay.store(dq_ref, t, j, [dar, daz, dqn])
-            for blocks, d in zip(dq, (dar, daz, dqn), strict=True):
+            grads, z, keep = adjoints(t, row, j, lam[j])
+            for blocks, d in zip(dq, grads, strict=True):
                 blocks.append(d)
             zs.append(z)
+
         def block(i, new):
             back = lay.back(dq, w, i, precision, start=lay.pick(lam, i) * lay.pick(zs, i))
             return lay.put(new, i, jnp.where(keep, back, lay.pick(lam, i)))

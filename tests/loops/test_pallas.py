@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import rnn_jax as rj
-from rnn_jax.loops import gpu_fit, gpu_speed_table
+from rnn_jax.loops import gpu_fit, gpu_speed_table, pallas_kernels
 from rnn_jax.loops import pallas as pallas_rnn
 from rnn_jax.loops.pallas_launch import Kernel
 
@@ -211,7 +211,7 @@ def test_tiles_change_how_products_are_summed_not_the_result(name):
     """H = 40 runs at 64 units: streamed in 16- or 32-unit tiles (4 or 2 column blocks, 16 or 4
     tiles of each gate block), with and without prefetch, the states and gradients equal the
     scan path's in float64 (a reverse, masked run); one tile as wide as H is the untiled
-    streamed kernel, bitwise."""
+    streamed kernel, bitwise. (H = 100 in 16-unit tiles, 8 blocks: below.)"""
     cell = {"elman_tanh": rj.Elman(40), "lstm": rj.LSTM(40), "gru": rj.GRU(40)}[name]
     with jax.enable_x64(True):
         params = jax.tree.map(lambda p: p.astype(jnp.float64), _perturbed_params(cell, 3))
@@ -236,6 +236,33 @@ def test_tiles_change_how_products_are_summed_not_the_result(name):
         untiled, whole = results(Kernel(resident=False)), results(Kernel(tile=64, resident=False))
         for w, g in zip(jax.tree.leaves(untiled), jax.tree.leaves(whole), strict=True):
             np.testing.assert_array_equal(g, w)
+
+
+@pytest.mark.parametrize(("name", "hidden", "tile"),
+                         [("elman_tanh", 100, 16), ("lstm", 300, 128), ("gru", 300, 128)])
+def test_wide_states_in_tiles_equal_the_scan(name, hidden, tile):
+    """Elman H = 100 in 16-unit tiles (8 column blocks of its 128 units); the LSTM and the GRU
+    at H = 300 (512 units) in 128-unit tiles, where their backward adds each block's products
+    to the sums as the block is made (``_Layout.accumulates``): a reverse, masked float64 run
+    equals the scan path, gradients included."""
+    cell = {"elman_tanh": rj.Elman, "lstm": rj.LSTM, "gru": rj.GRU}[name](hidden)
+    if name != "elman_tanh":
+        assert pallas_kernels._Layout(512, tile).accumulates(cell.num_gates, jnp.float64)
+    with jax.enable_x64(True):
+        params = jax.tree.map(lambda p: p.astype(jnp.float64), _perturbed_params(cell, 3))
+        xs = jax.random.normal(jax.random.key(4), (2, 3, 3), jnp.float64)
+        mask = jnp.array([[True, True, False], [False, True, True]])
+        carry = jax.tree.map(lambda z: jax.random.normal(jax.random.key(5), z.shape, z.dtype),
+                             cell.initial_carry((2,), jnp.float64))
+        scan = lambda p, x, c: rj.rnn(cell, p, x, c, mask=mask, reverse=True,  # noqa: E731
+                                      return_carries=True)
+        tiled = _fused(cell, True, mask, Kernel(tile=tile, resident=False))
+        want, got = ((run(params, xs, carry), jax.grad(lambda *a, run=run: _loss(run(*a)),
+                                                       argnums=(0, 1, 2))(params, xs, carry))
+                     for run in (scan, tiled))
+        for w, g in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
+            assert g.dtype == jnp.float64
+            np.testing.assert_allclose(g, w, rtol=1e-11, atol=1e-12)
 
 
 def test_kernel_config_is_checked():
@@ -274,12 +301,15 @@ def test_method_pallas_streams_u_where_resident_u_does_not_fit():
 
 def test_method_pallas_streams_u_in_tiles_where_no_gate_block_fits():
     """H = 256 in float32: one gate block alone (262,144 bytes) passes sm_90's shared memory;
-    the Elman, LSTM and GRU kernels stream U in tiles (``auto`` does not take them untimed);
-    at H = 512 the LSTM's still spill and none runs."""
-    for cell in (rj.Elman(256), rj.LSTM(256), rj.GRU(256)):
-        tiled = gpu_fit.pallas_kernel_for(cell, jnp.float32)
-        assert tiled is not None and not tiled.resident and tiled.tile < 256
-        assert gpu_fit.kernel_for(cell, jnp.float32) is None  # auto: not timed yet
+    the Elman, LSTM and GRU kernels stream U in tiles (``auto`` does not take them untimed),
+    and so does the GRU at H = 512 and in float64 at H = 128; at H = 512 the LSTM's still
+    spill and none runs."""
+    for cell, dtype in ((rj.Elman(256), jnp.float32), (rj.LSTM(256), jnp.float32),
+                        (rj.GRU(256), jnp.float32), (rj.GRU(512), jnp.float32),
+                        (rj.GRU(128), jnp.float64)):
+        tiled = gpu_fit.pallas_kernel_for(cell, dtype)
+        assert tiled is not None and not tiled.resident and tiled.tile < cell.hidden_size
+        assert gpu_fit.kernel_for(cell, dtype) is None  # auto: not timed yet
     assert gpu_fit.pallas_kernel_for(rj.LSTM(512), jnp.float32) is None
 
 
