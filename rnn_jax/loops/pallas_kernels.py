@@ -21,19 +21,18 @@ live. Where the adjoints of all blocks would be too many to hold (the LSTM from 
 GRU from H = 512 in float32; ``_Layout.accumulates``), the backward step loops over the blocks
 j instead, making block j of the gates' adjoints and adding its products to all n sums
 (a U^T)[:, i] at once (``_Layout.adjoint``), so one block's adjoints are live, not G n. A
-value held in registers
-is never sliced or indexed by a traced number (the Triton backend handles that poorly):
-block j of a list of blocks is chosen by a cascade of selects (``_Layout.pick``) and
-replaced likewise (``_Layout.put``). With one block (the default: tile = H) every index is
-the Python int 0 and the loops are not emitted. The LSTM's forward step computes its gates
-one at a time (i, g, f, o) so that only one gate's registers are live; in a loop over blocks
-the LSTM's and the GRU's gates are stored as soon as they are made. With ``prefetch=True``
-every per-step input of step t+1 (the hoisted projection u, the mask, the stored states) is
-read at the top of step t, before its products, and carried into the next step, so its
-memory latency overlaps step t's work (``_time_loop``); without it a read is issued where
-the step uses it. Blocks are addressed by slices of the *references* (``pl.ds``). Masks
-arrive as [T, b] in the state dtype (1 = real step); on a masked step the state is left
-unchanged and the adjoint passes through untouched.
+value held in registers is never sliced or indexed by a traced number (the Triton backend
+handles that poorly): block j of a list of blocks is chosen by a cascade of selects
+(``_Layout.pick``) and replaced likewise (``_Layout.put``). With one block (the default:
+tile = H) every index is the Python int 0 and the loops are not emitted. The LSTM's forward
+step computes its gates one at a time (i, g, f, o) so that only one gate's registers are
+live; in a loop over blocks the LSTM's and the GRU's gates are stored as soon as they are
+made. With ``prefetch=True`` every per-step input of step t+1 (the hoisted projection u, the
+mask, the stored states) is read at the top of step t, before its products, and carried
+into the next step, so its memory latency overlaps step t's work (``_time_loop``); without
+it a read is issued where the step uses it. Blocks are addressed by slices of the
+*references* (``pl.ds``). Masks arrive as [T, b] in the state dtype (1 = real step); on a
+masked step the state is left unchanged and the adjoint passes through untouched.
 
 Products: ``dot(a, U_k[i, j])`` casts ``a`` to U's storage dtype (bf16 under a bf16
 ``compute_dtype``) and accumulates in the state dtype (float32, or float64) at the precision
@@ -441,10 +440,12 @@ def gru_fwd(u_ref, w_ref, bhn_ref, h0_ref, m_ref, hs_ref, gates_ref, *, num_step
                 return gate(1, jax.nn.sigmoid(u(1) + lay.product(h, w, 1, j, precision)))
 
             r = gate(0, jax.nn.sigmoid(u(0) + lay.product(h, w, 0, j, precision)))
-            z = None if loop else update()
+            if not loop:
+                z = update()
             q = gate(3, lay.product(h, w, 2, j, precision) + lay.pick(b_hn, j))
             n = gate(2, jnp.tanh(u(2) + r * q))
-            z = update() if loop else z
+            if loop:
+                z = update()
             h_old = lay.pick(h, j)
             h_j = jnp.where(_keep(row("m")), (1.0 - z) * n + z * h_old, h_old)
             lay.store(hs_ref, t, j, [h_j])
