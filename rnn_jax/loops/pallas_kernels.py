@@ -157,8 +157,20 @@ class _Layout:
         return lambda k, i, j: blocks[k]
 
     def product(self, h, w, k, j, precision):
-        """(h U_k)[:, j] = sum_i h[i] U_k[i, j]."""
-        return self.total(lambda i: _mm(self.pick(h, i), w(k, i, j), precision))
+        """(h U_k)[:, j] = sum_i h[i] U_k[i, j], left to right.
+
+        With n > 1, a loop from a zero sum, each block's product added to it as made, not from
+        block 0's product made before the loop. Measured (sm_90, 8 warps): the LSTM's forward
+        at H = 512 in 128-unit tiles 233 registers and no spills (255 and 44-108 bytes of
+        spills from block 0), at H = 256 200 and none (0-60 bytes); Elman tanh's float32 and
+        bf16 at H = 512 in 128-unit tiles no spills (8-24 bytes); one [b, tile] block less
+        shared memory everywhere. The backward's sums (``back``, ``adjoint``) keep their order:
+        from zero, the GRU's float32 H = 128 and bf16 H = 256 backward spilled 16-56 bytes.
+        """
+        if self.n == 1:
+            return _mm(h[0], w(k, 0, j), precision)
+        return jax.lax.fori_loop(0, self.n, lambda i, acc: acc + _mm(
+            self.pick(h, i), w(k, i, j), precision), jnp.zeros_like(h[0]))
 
     def back(self, grads, w, i, precision, start=None):
         """start + sum_k (a_k U_k^T)[:, i] = start + sum_k sum_j a_k[j] U_k[i, j]^T

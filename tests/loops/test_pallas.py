@@ -303,13 +303,15 @@ def test_method_pallas_streams_u_in_tiles_where_no_gate_block_fits():
     """H = 256 in float32: one gate block alone (262,144 bytes) passes sm_90's shared memory;
     the Elman, LSTM and GRU kernels stream U in tiles (``auto`` does not take them untimed),
     and so does the GRU at H = 512 and in float64 at H = 128; at H = 512 the LSTM's still
-    spill and none runs."""
+    spill and none runs. Elman tanh at H = 512 fits in 128-unit tiles (its forward summed from
+    zero: ``_Layout.product``)."""
     for cell, dtype in ((rj.Elman(256), jnp.float32), (rj.LSTM(256), jnp.float32),
                         (rj.GRU(256), jnp.float32), (rj.GRU(512), jnp.float32),
-                        (rj.GRU(128), jnp.float64)):
+                        (rj.GRU(128), jnp.float64), (rj.Elman(512), jnp.float32)):
         tiled = gpu_fit.pallas_kernel_for(cell, dtype)
         assert tiled is not None and not tiled.resident and tiled.tile < cell.hidden_size
         assert gpu_fit.kernel_for(cell, dtype) is None  # auto: not timed yet
+    assert gpu_fit.pallas_kernel_for(rj.Elman(512), jnp.float32).tile == 128
     assert gpu_fit.pallas_kernel_for(rj.LSTM(512), jnp.float32) is None
 
 
