@@ -8,7 +8,10 @@ an H200) that writes ``results.json`` and ``report.md``:
    "highest" precision: outputs, final carries and the gradients for params, inputs and the
    initial carry; at "highest" precision plain, with ragged lengths, reversed and
    bidirectional (each direction its own params; Pallas runs both in one launch); at "default"
-   precision (TF32 on the GPU) plain.
+   precision (TF32 on the GPU) plain. Then ``method="pallas"`` at the wide sizes, H = 256 and
+   512, where its kernels stream U in tiles (loops over the state's column blocks, which the
+   8x32x64 checks never run), with ragged lengths and bidirectional, at "highest" precision;
+   a cell with no kernel that fits there is recorded as skipped.
 2. Timing (``rnn_jax.bench.harness``): the train step (forward + BPTT of mean(h^2)) at
    64x256x128, 16x1024x64 and 64x512x512 (B x T x H, I = H) for our methods against PyTorch
    cuDNN (TF32 off and on), flax.linen and jax.experimental.rnn.
@@ -25,8 +28,10 @@ from __future__ import annotations
 import dataclasses
 import time
 
+import jax.numpy as jnp
+
 from rnn_jax.bench import equivalence, harness, peers
-from rnn_jax.loops import cudnn
+from rnn_jax.loops import cudnn, gpu_fit
 
 # in order of priority: past a point's share of the budget, the later ones are skipped.
 # rnn_jax (auto) runs its choice; the three kernel kinds are timed each (where one fits), so
@@ -54,6 +59,11 @@ class Config:
     options: tuple[str, ...] = equivalence.OPTIONS
     # settings also checked at 'default' precision (TF32 on a GPU)
     default_precision_options: tuple[str, ...] = ("plain",)
+    # BxTxH where method='pallas' runs its kernels in tiles (Elman, LSTM, GRU at H = 256; Elman,
+    # GRU at 512), checked with the 'wide_options' at highest precision, before the
+    # bidirectional checks at check_size
+    wide_sizes: tuple[str, ...] = ("16x16x256", "16x16x512")
+    wide_options: tuple[str, ...] = ("lengths", "bidirectional")
     # BxTxH of the timed train steps
     sizes: tuple[str, ...] = ("64x256x128", "16x1024x64", "64x512x512")
     impls: tuple[str, ...] = TIMED  # implementations to time, in order of priority
@@ -67,11 +77,12 @@ class Config:
                                      ("methods", self.methods, equivalence.METHODS),
                                      ("options", self.options, equivalence.OPTIONS),
                                      ("default_precision_options",
-                                      self.default_precision_options, equivalence.OPTIONS)):
+                                      self.default_precision_options, equivalence.OPTIONS),
+                                     ("wide_options", self.wide_options, equivalence.OPTIONS)):
             if not set(value) <= set(allowed):
                 raise ValueError(f"{name} must be a subset of {allowed}, got {value}")
         peers.get_builders(self.impls)
-        for size in (self.check_size, *self.sizes):
+        for size in (self.check_size, *self.sizes, *self.wide_sizes):
             harness.parse_size(size)
         if not self.budget_s > 0 or not 0 < self.equivalence_share < 1:
             raise ValueError(f"budget_s must be > 0 and equivalence_share in (0, 1), got "
@@ -82,7 +93,7 @@ class Config:
 
 
 SMOKE = {"cells": ("lstm",), "check_size": "2x5x8", "options": ("reverse",),
-         "default_precision_options": (), "sizes": ("4x6x8",),
+         "default_precision_options": (), "sizes": ("4x6x8",), "wide_sizes": (),
          "impls": ("rnn_jax", "rnn_jax:scan", "rnn_jax:cudnn", "torch", "flax_linen",
                    "jax_experimental_rnn"), "repeats": 2, "budget_s": 600.0}
 
@@ -91,12 +102,24 @@ def checks(cfg: Config) -> list:
     b, t, h = harness.parse_size(cfg.check_size)
     runs = [("highest", o) for o in cfg.options if o != "bidirectional"]
     runs += [("default", o) for o in cfg.default_precision_options]
-    # the bidirectional checks last: past the budget, the one-direction ones at both
-    # precisions have run
-    runs += [("highest", o) for o in cfg.options if o == "bidirectional"]
     # settings outermost: if the budget runs out, every cell and method had the first ones
-    return [equivalence.Check(cell, method, precision, option, b, t, h)
-            for precision, option in runs for cell in cfg.cells for method in cfg.methods]
+    checks = [equivalence.Check(cell, method, precision, option, b, t, h)
+              for precision, option in runs for cell in cfg.cells for method in cfg.methods]
+    if "pallas" in cfg.methods:
+        checks += [equivalence.Check(cell, "pallas", "highest", option, *harness.parse_size(size))
+                   for size in cfg.wide_sizes for option in cfg.wide_options
+                   for cell in cfg.cells]
+    # the bidirectional checks at check_size last: past the budget, the one-direction ones at
+    # both precisions (and the wide ones) have run
+    return checks + [equivalence.Check(cell, method, "highest", "bidirectional", b, t, h)
+                     for o in cfg.options if o == "bidirectional"
+                     for cell in cfg.cells for method in cfg.methods]
+
+
+def _pallas_kernel(check):
+    """The kernel configuration ``method="pallas"`` runs for the check's cell, or None."""
+    cell = harness.Problem(check.cell, "train", check.B, check.T, check.H).rj_cell
+    return gpu_fit.pallas_kernel_for(cell, jnp.float32)
 
 
 def equivalence_phase(cfg: Config, deadline: float) -> list:
@@ -113,7 +136,12 @@ def equivalence_phase(cfg: Config, deadline: float) -> list:
             records.append({**dataclasses.asdict(check), "status": "skipped",
                             "error": "needs GPU (jax's CUDA plugin)"})
             continue
-        key = (check.cell, check.option)
+        kernel = _pallas_kernel(check) if check.method == "pallas" else None
+        if check.method == "pallas" and kernel is None:
+            records.append({**dataclasses.asdict(check), "status": "skipped",
+                            "error": f"no Pallas kernel fits {check.cell} at H = {check.H}"})
+            continue
+        key = (check.cell, check.option, check.B, check.T, check.H)
         if key not in references:
             try:
                 references[key] = equivalence.values(check, "scan", "highest")
@@ -124,7 +152,10 @@ def equivalence_phase(cfg: Config, deadline: float) -> list:
             records.append({**dataclasses.asdict(check), "status": "error",
                             "error": "reference: " + harness.error_text(ref)})
             continue
-        records.append(equivalence.run(check, ref))
+        record = equivalence.run(check, ref)
+        if kernel is not None:
+            record["kernel"] = dataclasses.asdict(kernel)
+        records.append(record)
     return records
 
 
@@ -174,7 +205,9 @@ def _cell(r):
 
 
 def report(metrics: dict, cfg: Config) -> str:
-    equiv = metrics["equivalence"]
+    b, t, h = harness.parse_size(cfg.check_size)
+    equiv = [r for r in metrics["equivalence"] if (r["B"], r["T"], r["H"]) == (b, t, h)]
+    wide = [r for r in metrics["equivalence"] if (r["B"], r["T"], r["H"]) != (b, t, h)]
     lines = [f"Budget {cfg.budget_s:.0f} s: equivalence {metrics['phase_s']['equivalence']:.0f} s,"
              f" timing {metrics['phase_s']['timing']:.0f} s. Checks: "
              + ", ".join(f"{v} {k}" for k, v in sorted(metrics["equivalence_status"].items()))
@@ -193,10 +226,26 @@ def report(metrics: dict, cfg: Config) -> str:
             if any(row):
                 lines.append(f"| {cell} | {method} | "
                              + " | ".join(_cell(r) if r else "—" for r in row) + " |")
-    errors = [r for r in equiv if r["status"] == "error"]
+    if wide:
+        lines += ["", "`method=\"pallas\"` where its kernels stream U in tiles (highest precision; "
+                  "tile: the kernel's column block):", "",
+                  "| cell | BxTxH | tile | " + " | ".join(cfg.wide_options) + " |",
+                  "|---" * (len(cfg.wide_options) + 3) + "|"]
+        for size in cfg.wide_sizes:
+            sb, st, sh = harness.parse_size(size)
+            for cell in cfg.cells:
+                row = {r["option"]: r for r in wide
+                       if (r["cell"], r["B"], r["T"], r["H"]) == (cell, sb, st, sh)}
+                if row:
+                    tile = next((r["kernel"]["tile"] for r in row.values() if "kernel" in r),
+                                "—")
+                    lines.append(f"| {cell} | {size} | {tile} | " + " | ".join(
+                        _cell(row[o]) if o in row else "—" for o in cfg.wide_options) + " |")
+    errors = [r for r in metrics["equivalence"] if r["status"] == "error"]
     if errors:
         lines += ["", "Errors:"] + [f"- {r['cell']} {r['method']} {r['precision']} "
-                                    f"{r['option']}: {r['error']}" for r in errors]
+                                    f"{r['option']} {r['B']}x{r['T']}x{r['H']}: {r['error']}"
+                                    for r in errors]
     lines += ["", "### Train step (forward + BPTT), median ms", ""]
     records = metrics["records"]
     for size in cfg.sizes:

@@ -78,9 +78,46 @@ def test_the_full_check_holds_the_issue_sizes_and_every_method():
     assert set(cfg.methods) == {"auto", "fused", "pallas", "cudnn", "deer", "quasi_deer"}
     assert {"torch", "torch:tf32", "flax_linen", "jax_experimental_rnn"} <= set(cfg.impls)
     assert cfg.budget_s < 8 * 60
-    # 3 cells x 4 options at highest + 1 at default, cuDNN for the LSTM only; the
-    # bidirectional ones last
+    # 3 cells x 4 options at highest + 1 at default, cuDNN for the LSTM only; then pallas at
+    # the two wide sizes with two options; the bidirectional ones at 8x32x64 last
     checks = [c for c in gpu_check.checks(cfg) if c.method != "cudnn" or c.cell == "lstm"]
-    assert len(checks) == 5 * (3 * 5 + 1)
+    assert len(checks) == 5 * (3 * 5 + 1) + 3 * 2 * 2
     assert {c.option for c in checks[-16:]} == {"bidirectional"}
-    assert "bidirectional" not in {c.option for c in checks[:-16]}
+    assert {c.H for c in checks[-16:]} == {64}
+    wide = [c for c in checks if c.H != 64]
+    assert {(c.method, c.precision) for c in wide} == {("pallas", "highest")}
+    assert {c.H for c in wide} == {256, 512} and checks[-28:-16] == wide
+    assert "bidirectional" not in {c.option for c in checks[:-28]}
+
+
+def test_wide_checks_run_the_tiled_kernels_and_skip_where_none_fits():
+    """At H = 256 method='pallas' runs the GRU's kernel in 64-unit tiles (interpreted here:
+    the same loops over column blocks a GPU compiles) and it equals the scan path; the LSTM at
+    H = 512 has no kernel that fits and is recorded as skipped, not as an error."""
+    cfg = harness.make_config(gpu_check, {
+        "cells": ("gru", "lstm"), "methods": ("pallas",), "options": (),
+        "default_precision_options": (), "wide_sizes": ("2x3x256", "2x3x512"),
+        "wide_options": ("lengths",), "budget_s": 600.0})
+    checks = gpu_check.checks(cfg)
+    assert [(c.cell, c.H) for c in checks] == [("gru", 256), ("lstm", 256), ("gru", 512),
+                                                 ("lstm", 512)]
+    cfg = harness.make_config(gpu_check, {
+        "cells": ("gru", "lstm"), "methods": ("pallas",), "options": (),
+        "default_precision_options": (), "wide_sizes": ("2x3x256",),
+        "wide_options": ("lengths",), "budget_s": 600.0})
+    records = gpu_check.equivalence_phase(cfg, float("inf"))
+    gru = next(r for r in records if r["cell"] == "gru")
+    assert gru["status"] == "ok" and gru["H"] == 256, gru
+    assert gru["kernel"]["tile"] == 64 and not gru["kernel"]["resident"]
+    assert gru["max_rel_err"] < 1e-4
+    skip = gpu_check.equivalence_phase(harness.make_config(gpu_check, {
+        "cells": ("lstm",), "methods": ("pallas",), "options": (),
+        "default_precision_options": (), "wide_sizes": ("2x3x512",),
+        "wide_options": ("lengths",)}), float("inf"))
+    assert [(r["status"], r["error"]) for r in skip] == [
+        ("skipped", "no Pallas kernel fits lstm at H = 512")]
+    metrics = {"equivalence": records + skip, "equivalence_status": {}, "records": [],
+               "failed": [], "rejected": [], "skipped": [],
+               "phase_s": {"equivalence": 0.0, "timing": 0.0}}
+    text = gpu_check.report(metrics, cfg)
+    assert "| gru | 2x3x256 | 64 |" in text
