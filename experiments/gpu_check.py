@@ -60,9 +60,9 @@ class Config:
     # settings also checked at 'default' precision (TF32 on a GPU)
     default_precision_options: tuple[str, ...] = ("plain",)
     # BxTxH where method='pallas' runs its kernels in tiles (Elman, LSTM, GRU at H = 256; Elman,
-    # GRU at 512), checked with the 'wide_options' at highest precision, before the
-    # bidirectional checks at check_size
+    # GRU at 512), checked at highest precision before the bidirectional checks at check_size
     wide_sizes: tuple[str, ...] = ("16x16x256", "16x16x512")
+    # settings of the method='pallas' checks at wide_sizes
     wide_options: tuple[str, ...] = ("lengths", "bidirectional")
     # BxTxH of the timed train steps
     sizes: tuple[str, ...] = ("64x256x128", "16x1024x64", "64x512x512")
